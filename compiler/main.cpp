@@ -1,0 +1,153 @@
+// The kerf command-line tool: compile, eval, inspect, passes.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <unistd.h>
+
+#include "compiler/pipeline/inspect.h"
+#include "compiler/ir/ir_text.h"
+#include "compiler/pipeline/compile.h"
+#include "compiler/pipeline/eval.h"
+#include "passes/registry.h"
+
+#ifndef KERF_VERSION
+#define KERF_VERSION "0"
+#endif
+
+namespace {
+
+int fail(const kerf::Status& st) {
+  std::fprintf(stderr, "kerf: %s\n", st.to_string().c_str());
+  return kerf::exit_code_for(st.code());
+}
+
+kerf::Result<kerf::fmt::DType> parse_dtype(const std::string& s) {
+  using kerf::fmt::DType;
+  if (s == "q4_asym" || s == "int4") return DType::kQ4Asym;
+  if (s == "q8_sym" || s == "int8") return DType::kQ8Sym;
+  if (s == "f16") return DType::kF16;
+  if (s == "f32") return DType::kF32;
+  return kerf::InvalidArgument("unknown precision '" + s + "' (known: q4_asym, q8_sym, f16, f32)");
+}
+
+// Writes text to path atomically (temp + rename).
+kerf::Status write_text(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) return kerf::IoError(path + ": cannot write");
+    f << text;
+    f.flush();
+    if (!f) {
+      std::remove(tmp.c_str());
+      return kerf::IoError(path + ": write failed");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return kerf::IoError(path + ": rename failed: " + std::strerror(errno));
+  }
+  return kerf::Status::Ok();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kerf " KERF_VERSION ": compress an LLM (ONNX) into a .kerf artifact for runtime-lite, and report its accuracy"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", KERF_VERSION);
+
+  // compile
+  kerf::pipeline::CompileOptions copt;
+  copt.producer_version = KERF_VERSION;
+  std::string linear = "q4_asym", embedding = "q8_sym";
+  auto* compile = app.add_subcommand("compile", "compile MODEL.onnx into a .kerf artifact");
+  compile->add_option("model", copt.model_path, "FP16/FP32 ONNX model")->required();
+  compile->add_option("-o,--output", copt.output_path, "artifact to write (atomically)")->required();
+  compile->add_option("--target", copt.target, "device profile (known: host)")->capture_default_str();
+  compile->add_option("--tokenizer", copt.tokenizer_path,
+                      "llama2.c tokenizer file (default: the only tokenizer.bin / tok*.bin beside the model)");
+  compile->add_option("--group-size", copt.quant.group_size, "quantization group size along the input dim")
+      ->capture_default_str();
+  compile->add_option("--linear", linear, "precision of Linear/FFN weights: q4_asym, q8_sym, f16, f32")->capture_default_str();
+  compile->add_option("--embedding", embedding, "precision of the (tied) embedding: q8_sym, q4_asym, f16, f32")
+      ->capture_default_str();
+  compile->add_option("--threads", copt.threads, "LibTorch threads (0 = all cores)")->capture_default_str();
+  bool no_verify = false;
+  compile->add_flag("--no-verify-lift", no_verify, "skip the imported-vs-lifted probe comparison");
+
+  // eval
+  kerf::pipeline::EvalOptions eopt;
+  std::string stories = "400:800", json_path, md_path;
+  bool quiet = false;
+  auto* eval = app.add_subcommand("eval", "EVAL.md protocol: artifact (runtime-lite) vs FP reference (LibTorch)");
+  eval->add_option("artifact", eopt.artifact_path, ".kerf artifact")->required();
+  eval->add_option("--reference", eopt.reference_path, "FP model the artifact was compiled from (ONNX)");
+  eval->add_option("--text", eopt.text_path, "text file of stories separated by <|endoftext|> lines")->required();
+  eval->add_option("--stories", stories, "story range A:B")->capture_default_str();
+  eval->add_option("--json", json_path, "write the JSON report here");
+  eval->add_option("--markdown", md_path, "write the Markdown report here");
+  eval->add_option("--threads", eopt.threads, "LibTorch threads for the reference (0 = all cores)")->capture_default_str();
+  eval->add_flag("-q,--quiet", quiet, "no progress line");
+
+  // inspect
+  std::string inspect_path, pipeline = "canonicalize";
+  bool full = false;
+  auto* inspect = app.add_subcommand("inspect", "print a model's lifted IR, or an artifact's metadata, tensors and program");
+  inspect->add_option("path", inspect_path, "ONNX model or .kerf artifact")->required();
+  inspect->add_option("--pipeline", pipeline, "passes to run on a model before printing ('none' = as imported)")
+      ->capture_default_str();
+  inspect->add_flag("--full", full, "print every constant in full (the text then parses back)");
+
+  auto* passes = app.add_subcommand("passes", "list the graph passes in pipeline order");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (*compile) {
+    copt.verify_lift = !no_verify;
+    auto l = parse_dtype(linear);
+    if (!l.ok()) return fail(l.status());
+    auto e = parse_dtype(embedding);
+    if (!e.ok()) return fail(e.status());
+    copt.quant.linear_dtype = *l;
+    copt.quant.embedding_dtype = *e;
+    auto r = kerf::pipeline::compile(copt);
+    if (!r.ok()) return fail(r.status());
+    std::cout << kerf::pipeline::compile_summary_text(copt, *r);
+    return 0;
+  }
+  if (*eval) {
+    auto range = kerf::pipeline::parse_story_range(stories);
+    if (!range.ok()) return fail(range.status());
+    eopt.stories = *range;
+    eopt.progress = !quiet && isatty(2);
+    auto r = kerf::pipeline::evaluate(eopt);
+    if (!r.ok()) return fail(r.status());
+    const std::string md = kerf::pipeline::eval_report_markdown(*r);
+    std::cout << md;
+    if (!json_path.empty()) {
+      auto st = write_text(json_path, kerf::pipeline::eval_report_json(*r));
+      if (!st.ok()) return fail(st);
+    }
+    if (!md_path.empty()) {
+      auto st = write_text(md_path, md);
+      if (!st.ok()) return fail(st);
+    }
+    return 0;
+  }
+  if (*inspect) {
+    auto r = kerf::inspect(inspect_path, pipeline, full);
+    if (!r.ok()) return fail(r.status());
+    std::cout << *r;
+    return 0;
+  }
+  if (*passes) {
+    for (const auto& p : kerf::passes::registry()) std::printf("%-18s %s\n", p.name, p.description);
+    std::printf("%-18s = %s\n", "canonicalize", kerf::passes::canonicalize_pipeline());
+    return 0;
+  }
+  return 0;
+}

@@ -1,0 +1,217 @@
+#include "compiler/pipeline/eval.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "compiler/pipeline/model_io.h"
+#include "distill/reference.h"
+#include "kerf/kerf.h"
+
+namespace kerf::pipeline {
+
+namespace {
+
+struct ModelCloser {
+  void operator()(kerf_model* m) const { kerf_model_close(m); }
+};
+struct SessionFree {
+  void operator()(kerf_session* s) const { kerf_session_free(s); }
+};
+
+// log-softmax of one row, in double.
+void log_softmax(const float* x, int n, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(n));
+  double mx = -INFINITY;
+  for (int i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i]));
+  double s = 0;
+  for (int i = 0; i < n; ++i) s += std::exp(static_cast<double>(x[i]) - mx);
+  const double lse = mx + std::log(s);
+  for (int i = 0; i < n; ++i) out[static_cast<size_t>(i)] = static_cast<double>(x[i]) - lse;
+}
+
+int argmax(const float* x, int n) {
+  int best = 0;
+  for (int i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return best;
+}
+
+double since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+Result<EvalReport> evaluate(const EvalOptions& opt) {
+  EvalReport rep;
+  rep.artifact = opt.artifact_path;
+  rep.reference = opt.reference_path;
+  rep.text = opt.text_path;
+  rep.stories = opt.stories;
+
+  char err[512] = {0};
+  kerf_model* raw = nullptr;
+  int rc = kerf_model_open(opt.artifact_path.c_str(), KERF_OPEN_VERIFY_DATA, &raw, err, sizeof err);
+  if (rc != KERF_OK) {
+    std::string msg = std::string(kerf_status_string(rc)) + ": " + err;
+    return rc == KERF_ERR_IO ? IoError(msg) : (rc == KERF_ERR_UNSUPPORTED ? Unsupported(msg) : BadInput(msg));
+  }
+  std::unique_ptr<kerf_model, ModelCloser> model(raw);
+  const int vocab = kerf_model_vocab_size(model.get());
+  const int max_seq = kerf_model_max_seq_len(model.get());
+  std::error_code ec;
+  rep.bytes = std::filesystem::file_size(opt.artifact_path, ec);
+  double bpw = 0;
+  if (kerf_model_meta_float(model.get(), "quant.bpw", &bpw) == 0) rep.bpw = bpw;
+  const char* s = nullptr;
+  size_t n = 0;
+  if (kerf_model_meta_string(model.get(), "compile.recipe", &s, &n) == 0) rep.recipe.assign(s, n);
+  if (kerf_model_meta_string(model.get(), "compile.target", &s, &n) == 0) rep.target.assign(s, n);
+
+  KERF_ASSIGN_OR_RETURN(auto all, read_stories(opt.text_path));
+  KERF_ASSIGN_OR_RETURN(auto stories, select_stories(all, opt.stories, opt.text_path));
+
+  std::unique_ptr<distill::ReferenceExecutor> ref;
+  if (!opt.reference_path.empty()) {
+    KERF_ASSIGN_OR_RETURN(LoadedModel lm, load_model(opt.reference_path));
+    KERF_ASSIGN_OR_RETURN(int64_t ref_vocab, vocab_size_of(lm.lifted));
+    if (ref_vocab != vocab)
+      return BadInput("reference " + opt.reference_path + " has vocabulary " + std::to_string(ref_vocab) +
+                      " but artifact " + opt.artifact_path + " has " + std::to_string(vocab));
+    distill::ReferenceOptions ro;
+    ro.threads = opt.threads;
+    KERF_ASSIGN_OR_RETURN(auto ex, distill::ReferenceExecutor::create(lm.lifted, ro));
+    ref = std::make_unique<distill::ReferenceExecutor>(std::move(ex));
+  }
+
+  kerf_session* sraw = nullptr;
+  rc = kerf_session_create(model.get(), 0, &sraw);
+  if (rc != KERF_OK) return Internal(std::string("cannot create a runtime session: ") + kerf_status_string(rc));
+  std::unique_ptr<kerf_session, SessionFree> session(sraw);
+
+  double nll = 0, nll_ref = 0, kl = 0;
+  int64_t agree = 0, positions = 0;
+  std::vector<int32_t> toks(static_cast<size_t>(std::max(max_seq, 1)) * 8);
+  std::vector<float> logits;
+  std::vector<double> lp, lq;
+  for (size_t si = 0; si < stories.size(); ++si) {
+    int count = 0;
+    rc = kerf_tokenize(model.get(), stories[si].c_str(), 1, toks.data(), static_cast<int>(toks.size()), &count);
+    if (rc == KERF_ERR_ARGUMENT && count > static_cast<int>(toks.size())) {
+      toks.resize(static_cast<size_t>(count));
+      rc = kerf_tokenize(model.get(), stories[si].c_str(), 1, toks.data(), count, &count);
+    }
+    if (rc != KERF_OK) return BadInput("story " + std::to_string(opt.stories.begin + static_cast<int>(si)) + ": tokenizer failed");
+    const int T = std::min(count, max_seq);
+    if (T < 2) continue;
+    logits.resize(static_cast<size_t>(T) * static_cast<size_t>(vocab));
+    kerf_session_reset(session.get());
+    auto t0 = std::chrono::steady_clock::now();
+    rc = kerf_session_eval(session.get(), toks.data(), T, logits.data(), 1);
+    rep.artifact_seconds += since(t0);
+    if (rc != KERF_OK) return Internal(std::string("runtime-lite failed on story ") + std::to_string(si) + ": " + kerf_status_string(rc));
+    std::vector<float> ref_logits;
+    if (ref) {
+      ref->reset_cache();
+      std::vector<int64_t> t64(toks.begin(), toks.begin() + T);
+      t0 = std::chrono::steady_clock::now();
+      KERF_ASSIGN_OR_RETURN(ref_logits, ref->forward_tokens(t64));
+      rep.reference_seconds += since(t0);
+    }
+    for (int t = 0; t + 1 < T; ++t) {
+      const float* q = logits.data() + static_cast<size_t>(t) * static_cast<size_t>(vocab);
+      const int target = toks[static_cast<size_t>(t) + 1];
+      log_softmax(q, vocab, lq);
+      nll -= lq[static_cast<size_t>(target)];
+      if (ref) {
+        const float* p = ref_logits.data() + static_cast<size_t>(t) * static_cast<size_t>(vocab);
+        log_softmax(p, vocab, lp);
+        nll_ref -= lp[static_cast<size_t>(target)];
+        double k = 0;
+        for (int i = 0; i < vocab; ++i) {
+          const double lpi = lp[static_cast<size_t>(i)];
+          k += std::exp(lpi) * (lpi - lq[static_cast<size_t>(i)]);
+        }
+        kl += k;
+        agree += argmax(p, vocab) == argmax(q, vocab);
+      }
+      ++positions;
+    }
+    ++rep.n_stories;
+    if (opt.progress)
+      std::fprintf(stderr, "\reval: story %zu/%zu, %lld tokens", si + 1, stories.size(), static_cast<long long>(positions));
+  }
+  if (opt.progress) std::fprintf(stderr, "\n");
+  if (positions == 0) return BadInput("no story in " + opt.text_path + " has two or more tokens");
+  rep.predicted_tokens = positions;
+  rep.nll = nll / static_cast<double>(positions);
+  rep.ppl = std::exp(rep.nll);
+  if (ref) {
+    rep.nll_reference = nll_ref / static_cast<double>(positions);
+    rep.ppl_reference = std::exp(rep.nll_reference);
+    rep.kl = kl / static_cast<double>(positions);
+    rep.top1 = static_cast<double>(agree) / static_cast<double>(positions);
+  }
+  rep.artifact_tokens_per_second =
+      rep.artifact_seconds > 0 ? static_cast<double>(positions + rep.n_stories) / rep.artifact_seconds : 0;
+  return rep;
+}
+
+std::string eval_report_json(const EvalReport& r) {
+  nlohmann::ordered_json j;
+  j["schema"] = "kerf.eval/1";
+  j["artifact"] = r.artifact;
+  j["reference"] = r.reference;
+  j["text"] = r.text;
+  j["stories"] = std::to_string(r.stories.begin) + ":" + std::to_string(r.stories.end);
+  j["n_stories"] = r.n_stories;
+  j["predicted_tokens"] = r.predicted_tokens;
+  j["ppl"] = r.ppl;
+  j["ppl_reference"] = r.ppl_reference;
+  j["nll"] = r.nll;
+  j["nll_reference"] = r.nll_reference;
+  j["kl"] = r.kl;
+  j["top1"] = r.top1;
+  j["bpw"] = r.bpw;
+  j["bytes"] = r.bytes;
+  j["recipe"] = r.recipe;
+  j["target"] = r.target;
+  j["timing"] = {{"reference_seconds", r.reference_seconds},
+                 {"artifact_seconds", r.artifact_seconds},
+                 {"artifact_prefill_tokens_per_second", r.artifact_tokens_per_second}};
+  return j.dump(2) + "\n";
+}
+
+std::string eval_report_markdown(const EvalReport& r) {
+  std::ostringstream os;
+  char buf[512];
+  os << "# kerf accuracy report\n\n";
+  os << "- artifact: `" << r.artifact << "` (" << r.bytes << " bytes, recipe `" << r.recipe << "`, target `" << r.target
+     << "`)\n";
+  os << "- reference: `" << (r.reference.empty() ? "(none)" : r.reference) << "` (LibTorch, float32)\n";
+  os << "- text: `" << r.text << "`, stories " << r.stories.begin << ":" << r.stories.end << " (" << r.n_stories
+     << " stories, " << r.predicted_tokens << " predicted tokens)\n\n";
+  os << "| metric | reference (FP) | artifact (runtime-lite) |\n|---|---|---|\n";
+  std::snprintf(buf, sizeof buf, "| perplexity | %.4f | %.4f (%+.2f %%) |\n", r.ppl_reference, r.ppl,
+                r.ppl_reference > 0 ? 100.0 * (r.ppl / r.ppl_reference - 1.0) : 0.0);
+  os << buf;
+  std::snprintf(buf, sizeof buf, "| mean NLL (nats/token) | %.5f | %.5f |\n", r.nll_reference, r.nll);
+  os << buf;
+  std::snprintf(buf, sizeof buf, "| KL(ref ‖ artifact) | 0 | %.5f |\n| top-1 agreement | 1 | %.4f |\n", r.kl, r.top1);
+  os << buf;
+  std::snprintf(buf, sizeof buf, "| bits per weight (EVAL.md) | — | %.3f |\n| bytes | — | %llu |\n", r.bpw,
+                static_cast<unsigned long long>(r.bytes));
+  os << buf;
+  std::snprintf(buf, sizeof buf,
+                "\nTime: reference %.2f s, artifact %.2f s (runtime-lite scalar CPU, 1 thread, %.0f prefill tokens/s).\n",
+                r.reference_seconds, r.artifact_seconds, r.artifact_tokens_per_second);
+  os << buf;
+  return os.str();
+}
+
+}  // namespace kerf::pipeline

@@ -1,0 +1,58 @@
+// `kerf eval`: the shared/EVAL.md protocol. The FP reference (the source model, lifted and run by
+// the LibTorch reference executor in float32) and the ARTIFACT (run by runtime-lite) see the same
+// stories, tokenized by the artifact's tokenizer and truncated to the model's max_seq_len, each
+// story in a fresh context.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "compiler/ir/status.h"
+#include "compiler/pipeline/text.h"
+
+namespace kerf::pipeline {
+
+struct EvalOptions {
+  std::string artifact_path;
+  std::string reference_path;  ///< FP model (ONNX); empty = artifact metrics only (no KL / top-1)
+  std::string text_path;
+  StoryRange stories{400, 800};
+  int threads = 1;             ///< LibTorch threads for the reference (per-story forwards are small)
+  bool progress = false;       ///< progress line on stderr
+};
+
+struct TensorInfo {
+  std::string name, dtype, detail;  ///< detail: "q4_asym g32 rtn linear" from the artifact metadata
+  std::vector<int64_t> shape;
+  uint64_t bytes = 0;
+};
+
+struct EvalReport {
+  std::string artifact, reference, text;
+  StoryRange stories;
+  int64_t n_stories = 0;
+  int64_t predicted_tokens = 0;     ///< positions scored: sum over stories of (tokens - 1)
+  double nll = 0, nll_reference = 0;  ///< mean NLL (nats / token)
+  double ppl = 0, ppl_reference = 0;  ///< exp(mean NLL)
+  double kl = 0;                      ///< mean KL(p_ref || p_artifact), nats
+  double top1 = 0;                    ///< fraction of positions whose argmax agrees
+  double bpw = 0;                     ///< effective bits per weight (EVAL.md), from the artifact
+  uint64_t bytes = 0;                 ///< artifact file size
+  double reference_seconds = 0, artifact_seconds = 0;  ///< wall time of each forward over the set
+  double artifact_tokens_per_second = 0;               ///< prefill tokens/s of runtime-lite (1 thread)
+  std::vector<TensorInfo> tensors;
+  std::string recipe, target;
+};
+
+/// Runs the protocol. Errors: kIo / kBadInput for unreadable or corrupt artifact, model or text
+/// (messages from the loader / importer), kInvalidArgument for a bad story range, kBadInput when
+/// the reference and artifact vocabularies differ.
+Result<EvalReport> evaluate(const EvalOptions& opt);
+
+/// The report as JSON (top-level numbers ppl, ppl_reference, kl, top1, bpw, bytes, ...).
+std::string eval_report_json(const EvalReport& r);
+/// The report as Markdown.
+std::string eval_report_markdown(const EvalReport& r);
+
+}  // namespace kerf::pipeline

@@ -1,0 +1,38 @@
+// Loading models into the lifted IR, and the tokenizer file that goes into an artifact.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "compiler/ir/ir.h"
+#include "compiler/ir/pass.h"
+
+namespace kerf::pipeline {
+
+/// A model as the compiler sees it: the imported graph's size and the lifted graph.
+struct LoadedModel {
+  ir::Graph lifted;            ///< after passes::canonicalize_pipeline()
+  size_t imported_nodes = 0;   ///< nodes right after import (Constant nodes already folded in)
+  size_t imported_initializers = 0;
+  PassContext passes;          ///< counters and log of the canonicalize run
+  double import_seconds = 0, passes_seconds = 0;
+};
+
+/// Imports `path` (ONNX; detected by content, not extension) and runs the canonicalize pipeline.
+/// Errors: those of import_onnx and of the passes (kUnsupported names the op / node).
+Result<LoadedModel> load_model(const std::string& path);
+
+/// A llama2.c tokenizer file (tok*.bin: int32 max_token_length, then per token float32 score,
+/// int32 length, bytes) checked to hold exactly `vocab_size` tokens.
+/// Errors: kIo (unreadable), kBadInput naming the file, the token index and the byte offset.
+Result<std::vector<uint8_t>> read_llama2c_tokenizer(const std::string& path, int64_t vocab_size);
+
+/// Finds the tokenizer for a model when none is given: the only "tokenizer.bin" or "tok*.bin"
+/// beside the model. Errors (kInvalidArgument) say what was found and to pass --tokenizer.
+Result<std::string> find_tokenizer_beside(const std::string& model_path);
+
+/// Vocabulary size of a lifted LM graph: rows of the Embedding table. kBadInput if none.
+Result<int64_t> vocab_size_of(const ir::Graph& lifted);
+
+}  // namespace kerf::pipeline

@@ -1,0 +1,37 @@
+// ONNX importer: ModelProto (protobuf) -> kerf IR.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "compiler/ir/ir.h"
+
+namespace kerf {
+
+struct OnnxImportOptions {
+  /// Largest model file accepted, bytes (protobuf's own limit is 2 GiB; bigger weights must use
+  /// ONNX external data, which is read from files beside the model).
+  uint64_t max_file_bytes = (2ull << 30) - 1;
+};
+
+/// Default-domain ONNX op types kerf can import (and the reference executor can run), sorted.
+const std::vector<std::string>& supported_onnx_ops();
+
+/// Imports an ONNX model (opsets 13-17 of the default domain).
+///  - initializers and Constant nodes become Graph::initializers (f32, f16, bf16, f64, i64, i32,
+///    i8, u8, bool; raw_data or typed fields; external data read from beside the model, and a
+///    location that escapes the model's folder is rejected);
+///  - graph inputs that are not initializers become Graph::inputs with their dtype and shape
+///    (dim_param -> symbolic Dim, e.g. "batch");
+///  - value_info/outputs types are kept in Graph::values; node names are kept (generated as
+///    "<op>_<index>" where missing).
+/// Errors: kIo (cannot read), kBadInput (not a parseable ModelProto, bad tensor sizes, duplicate
+/// or undefined values), kUnsupported (opset outside 13-17, unknown domain, ops kerf does not
+/// know: the message lists EVERY unsupported op type with the names of its nodes).
+Result<ir::Graph> import_onnx(const std::string& path, const OnnxImportOptions& opt = {});
+
+/// Same, from bytes already in memory; `base_dir` is where external data files are looked up.
+Result<ir::Graph> import_onnx_bytes(const void* data, size_t size, const std::string& base_dir,
+                                    const std::string& display_name, const OnnxImportOptions& opt = {});
+
+}  // namespace kerf

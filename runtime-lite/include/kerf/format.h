@@ -1,0 +1,301 @@
+// The .kerf artifact, version 1: the on-disk structures shared by the writer (formats/) and the
+// reader (runtime-lite/). Dependency-free: C++17 standard library only, no exceptions needed.
+// formats/SPEC.md is the normative description; this header must agree with it.
+//
+// All integers little-endian. Layout of a file:
+//   [FileHeader][metadata section][string pool][tensor table][program section] ... pad to 4096 ...
+//   [data section: tensor payloads, each 64-byte aligned (offsets relative to data_offset)]
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace kerf::fmt {
+
+inline constexpr char kMagic[8] = {'K', 'E', 'R', 'F', 'A', 'R', 'T', '\0'};
+inline constexpr uint16_t kVersionMajor = 1;  ///< bumped only for breaking changes
+inline constexpr uint16_t kVersionMinor = 0;
+inline constexpr uint64_t kDataAlign = 4096;  ///< data section start alignment (page, for mmap)
+inline constexpr uint64_t kTensorAlign = 64;  ///< each tensor payload's alignment within data
+inline constexpr uint32_t kMaxRank = 4;
+
+/// At offset 0. `header_size` lets later minor versions grow the header: readers use the fields
+/// they know and skip the rest. Hashes are XXH64 (seed 0), see kerf/xxh64.h.
+struct FileHeader {
+  char magic[8];
+  uint16_t version_major;
+  uint16_t version_minor;
+  uint32_t header_size;      ///< sizeof(FileHeader) as written
+  uint64_t file_size;        ///< total bytes; a reader rejects a file of another size (truncation)
+  uint64_t meta_offset, meta_size;        ///< metadata section (MetaEntry records)
+  uint64_t strings_offset, strings_size;  ///< string pool: names referenced by (offset, size)
+  uint64_t tensors_offset;                ///< tensor table: tensor_count x TensorEntry
+  uint32_t tensor_count, tensor_entry_size;
+  uint64_t program_offset, program_size;  ///< program section (ProgramHeader, ops)
+  uint64_t data_offset, data_size;        ///< data section (tensor payloads)
+  uint64_t sections_hash;  ///< XXH64 of bytes [header_size, data_offset): meta, strings, table, program
+  uint64_t header_hash;    ///< XXH64 of the header bytes [0, header_size) with this field zeroed
+};
+static_assert(sizeof(FileHeader) == 120, "FileHeader layout");
+
+/// Tensor element types. Quantized types store a [rows, cols] matrix (shape[0] = rows = output
+/// channels, shape[1] = cols = input channels) quantized group-wise along cols with group size
+/// `group_size` (g); ng = ceil(cols / g) groups per row, the last one partial when g does not divide
+/// cols (its scale is computed over its real elements only). Payload layouts:
+///   kQ4Asym: codes  u8 [rows][ceil(cols/2)]  element c of a row in byte c/2, low nibble when c even
+///            scale  f16[rows][ng]            w = code * scale + min,  code in 0..15
+///            min    f16[rows][ng]            (llama.cpp Q4_1 convention: fp16 scale and offset)
+///   kQ8Sym:  codes  i8 [rows][cols]          w = code * scale, code in -127..127
+///            scale  f16[rows][ng]
+/// The three / two arrays follow each other with no padding. bytes = quant_payload_bytes().
+enum class DType : uint32_t {
+  kF32 = 0,
+  kF16 = 1,
+  kBF16 = 2,
+  kI32 = 3,
+  kI64 = 4,
+  kQ8Sym = 16,
+  kQ4Asym = 17,
+};
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kF32: return "f32";
+    case DType::kF16: return "f16";
+    case DType::kBF16: return "bf16";
+    case DType::kI32: return "i32";
+    case DType::kI64: return "i64";
+    case DType::kQ8Sym: return "q8_sym";
+    case DType::kQ4Asym: return "q4_asym";
+  }
+  return "?";
+}
+inline bool dtype_is_quantized(DType t) { return t == DType::kQ8Sym || t == DType::kQ4Asym; }
+inline uint32_t dtype_elem_size(DType t) {  // plain types only
+  switch (t) {
+    case DType::kF32: case DType::kI32: return 4;
+    case DType::kF16: case DType::kBF16: return 2;
+    case DType::kI64: return 8;
+    default: return 0;
+  }
+}
+/// Payload bytes of a quantized [rows, cols] matrix with group size g (g >= 1). 0 if unknown type.
+inline uint64_t quant_payload_bytes(DType t, uint64_t rows, uint64_t cols, uint64_t g) {
+  const uint64_t ng = (cols + g - 1) / g;
+  if (t == DType::kQ4Asym) return rows * ((cols + 1) / 2) + 4 * rows * ng;
+  if (t == DType::kQ8Sym) return rows * cols + 2 * rows * ng;
+  return 0;
+}
+
+/// One row of the tensor table (fixed 80 bytes; readers use tensor_entry_size to step).
+struct TensorEntry {
+  uint32_t name_offset, name_size;  ///< into the string pool
+  uint32_t dtype;                   ///< DType
+  uint32_t rank;                    ///< 1..kMaxRank
+  int64_t shape[kMaxRank];          ///< unused trailing dims are 0
+  uint32_t group_size;              ///< quantized types: g; else 0
+  uint32_t flags;                   ///< reserved, 0
+  uint64_t offset;                  ///< payload offset relative to data_offset, multiple of 64
+  uint64_t size;                    ///< payload bytes
+  uint64_t hash;                    ///< XXH64 of the payload
+};
+static_assert(sizeof(TensorEntry) == 80, "TensorEntry layout");
+
+/// Metadata section: uint32 count, then `count` records:
+///   uint32 key_size, key bytes (dotted ASCII, e.g. "model.n_layers"), uint8 MetaType, value:
+///     kInt: int64 | kFloat: float64 | kString: uint32 size + UTF-8 bytes | kBytes: uint64 size + bytes
+///   Records are packed (no alignment); read with memcpy.
+enum class MetaType : uint8_t { kInt = 1, kFloat = 2, kString = 3, kBytes = 4 };
+
+/// Program section: ProgramHeader, then `n_values` ValueEntry, then `n_ops` ops, each an OpEntry
+/// followed by n_inputs uint32 refs, n_outputs uint32 value ids, n_attrs OpAttr.
+/// Ops run in order. Value 0..n_values-1 are activations (float32 at run time);
+/// `input_value` holds the token ids, `output_value` the logits.
+struct ProgramHeader {
+  uint32_t n_values;
+  uint32_t n_ops;
+  uint32_t input_value;   ///< value id fed with token ids
+  uint32_t output_value;  ///< value id holding logits [T, vocab]
+};
+struct ValueEntry {
+  uint32_t name_offset, name_size;  ///< into the string pool
+  uint32_t width;                   ///< elements per token (last dim): D, H*Dh, vocab ...
+  uint32_t reserved;
+};
+enum class OpCode : uint32_t {
+  kEmbedding = 1,  ///< in: tokens value, table tensor                 out: [T, D]
+  kRMSNorm = 2,    ///< in: x value, weight tensor          attrs: eps
+  kLinear = 3,     ///< in: x value, weight tensor [N, K]              out: [T, N]
+  kRotary = 4,     ///< in: x value                          attrs: head_dim, theta, interleaved
+  kAttention = 5,  ///< in: q, k, v values                   attrs: n_heads, n_kv_heads, head_dim, scale, causal
+  kGatedFFN = 6,   ///< in: x value, w1, w3, w2 tensors                attrs: activation (1 = silu)
+  kAdd = 7,        ///< in: a, b values
+};
+enum class Backend : uint32_t { kCpu = 0 };
+struct OpEntry {
+  uint32_t op;        ///< OpCode
+  uint32_t backend;   ///< Backend
+  uint32_t n_inputs, n_outputs, n_attrs;
+  uint32_t name_offset, name_size;  ///< node name, for error messages
+  uint32_t reserved;
+};
+/// Input reference: bit 31 set = tensor-table index (low 31 bits), clear = value id.
+inline constexpr uint32_t kRefTensorBit = 0x80000000u;
+enum class AttrKey : uint32_t {
+  kEps = 1, kHeadDim = 2, kTheta = 3, kInterleaved = 4, kNHeads = 5, kNKvHeads = 6,
+  kScale = 7, kCausal = 8, kActivation = 9,
+};
+struct OpAttr {
+  uint32_t key;   ///< AttrKey
+  uint32_t kind;  ///< 0 = int (i), 1 = float (f)
+  union {
+    int64_t i;
+    double f;
+  };
+};
+static_assert(sizeof(OpAttr) == 16, "OpAttr layout");
+
+inline const char* op_name(OpCode op) {
+  switch (op) {
+    case OpCode::kEmbedding: return "Embedding";
+    case OpCode::kRMSNorm: return "RMSNorm";
+    case OpCode::kLinear: return "Linear";
+    case OpCode::kRotary: return "Rotary";
+    case OpCode::kAttention: return "Attention";
+    case OpCode::kGatedFFN: return "GatedFFN";
+    case OpCode::kAdd: return "Add";
+  }
+  return nullptr;
+}
+/// Input signature of an op: one char per input, 'v' = value id, 't' = tensor reference
+/// (kRefTensorBit set). Every op has exactly one output value. nullptr for an unknown op code.
+inline const char* op_input_kinds(OpCode op) {
+  switch (op) {
+    case OpCode::kEmbedding: return "vt";
+    case OpCode::kRMSNorm: return "vt";
+    case OpCode::kLinear: return "vt";
+    case OpCode::kRotary: return "v";
+    case OpCode::kAttention: return "vvv";
+    case OpCode::kGatedFFN: return "vttt";
+    case OpCode::kAdd: return "vv";
+  }
+  return nullptr;
+}
+inline const char* attr_name(AttrKey k) {
+  switch (k) {
+    case AttrKey::kEps: return "eps";
+    case AttrKey::kHeadDim: return "head_dim";
+    case AttrKey::kTheta: return "theta";
+    case AttrKey::kInterleaved: return "interleaved";
+    case AttrKey::kNHeads: return "n_heads";
+    case AttrKey::kNKvHeads: return "n_kv_heads";
+    case AttrKey::kScale: return "scale";
+    case AttrKey::kCausal: return "causal";
+    case AttrKey::kActivation: return "activation";
+  }
+  return nullptr;
+}
+/// Kind an attribute must have: 1 (float) for eps, theta, scale; 0 (int) for the others.
+inline uint32_t attr_kind(AttrKey k) {
+  return (k == AttrKey::kEps || k == AttrKey::kTheta || k == AttrKey::kScale) ? 1u : 0u;
+}
+
+/// Overflow-checked payload size of a tensor: plain types numel * elem_size, quantized types
+/// quant_payload_bytes (rank must be 2 and group_size >= 1; plain types need group_size == 0).
+/// Every dim in shape[0..rank) must be >= 1 and <= 2^40. Returns false (and leaves *out alone)
+/// when the combination is invalid or the size does not fit in 62 bits.
+inline bool tensor_payload_bytes(DType t, uint32_t rank, const int64_t* shape, uint32_t group_size,
+                                 uint64_t* out) {
+  if (rank < 1 || rank > kMaxRank) return false;
+  const uint64_t kMaxDim = uint64_t(1) << 40, kLimit = uint64_t(1) << 62;
+  for (uint32_t i = 0; i < rank; ++i)
+    if (shape[i] < 1 || uint64_t(shape[i]) > kMaxDim) return false;
+  if (dtype_is_quantized(t)) {
+    if (rank != 2 || group_size < 1) return false;
+    const uint64_t rows = uint64_t(shape[0]), cols = uint64_t(shape[1]);  // each <= 2^40
+    const uint64_t ng = (cols + group_size - 1) / group_size;
+    // rows * (cols + 4 ng) <= 2^40 * 5 * 2^40 overflows, so check the factors first.
+    const uint64_t per_row = cols + 4 * ng;
+    if (per_row != 0 && rows > kLimit / per_row) return false;
+    *out = quant_payload_bytes(t, rows, cols, group_size);
+    return true;
+  }
+  const uint32_t es = dtype_elem_size(t);
+  if (es == 0 || group_size != 0) return false;
+  uint64_t n = es;
+  for (uint32_t i = 0; i < rank; ++i) {
+    if (n > kLimit / uint64_t(shape[i])) return false;
+    n *= uint64_t(shape[i]);
+  }
+  *out = n;
+  return true;
+}
+
+/// IEEE 754 binary16 <-> float32 (round to nearest even; NaN stays NaN, overflow gives inf).
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: normalize
+    exp = 113;
+    while ((man & 0x400u) == 0) { man <<= 1; --exp; }
+    bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline uint16_t f32_to_f16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return uint16_t(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+  if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to >= 65520: inf
+  if (ax < 0x38800000u) {  // result is subnormal or zero
+    if (ax < 0x33000000u) return sign;  // < 2^-25 rounds to 0
+    const uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126 - e;  // 14..24
+    uint32_t r = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (r & 1u))) ++r;
+    return uint16_t(sign | r);
+  }
+  uint32_t r = ((ax >> 13) - (112u << 10));
+  const uint32_t rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) ++r;
+  return uint16_t(sign | r);
+}
+/// bfloat16 -> float32 (the high half of a float32).
+inline float bf16_to_f32(uint16_t h) {
+  const uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+/// Well-known metadata keys.
+namespace meta {
+inline constexpr const char* kArch = "model.arch";                  // string, "llama"
+inline constexpr const char* kVocab = "model.vocab_size";           // int
+inline constexpr const char* kDim = "model.dim";                    // int
+inline constexpr const char* kLayers = "model.n_layers";            // int
+inline constexpr const char* kMaxSeq = "model.max_seq_len";         // int
+inline constexpr const char* kTokType = "tokenizer.type";           // string, "llama2c"
+inline constexpr const char* kTokModel = "tokenizer.model";         // bytes, the tok*.bin file
+inline constexpr const char* kTokBos = "tokenizer.bos_id";          // int
+inline constexpr const char* kTokEos = "tokenizer.eos_id";          // int
+inline constexpr const char* kProducer = "producer.name";           // string, "kerf"
+inline constexpr const char* kProducerVersion = "producer.version"; // string
+inline constexpr const char* kRecipe = "compile.recipe";            // string
+inline constexpr const char* kTarget = "compile.target";            // string
+inline constexpr const char* kBpw = "quant.bpw";                    // float
+}  // namespace meta
+
+}  // namespace kerf::fmt

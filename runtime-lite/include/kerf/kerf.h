@@ -1,0 +1,114 @@
+/* runtime-lite C API: load a .kerf artifact (mmap), run it on the CPU with a KV cache, tokenize,
+ * sample. C99-compatible; no dependency beyond the C/C++ standard libraries.
+ *
+ * Every function returning int returns KERF_OK (0) or a negative kerf_status; details of the last
+ * failure are written to the caller's error buffer where one is taken. Objects are not thread-safe;
+ * one session per thread. */
+#ifndef KERF_KERF_H_
+#define KERF_KERF_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum kerf_status {
+  KERF_OK = 0,
+  KERF_ERR_IO = -1,          /* file cannot be opened / mapped */
+  KERF_ERR_FORMAT = -2,      /* not a .kerf file, bad magic, unsupported major version */
+  KERF_ERR_CORRUPT = -3,     /* truncated, out-of-bounds offset, checksum mismatch */
+  KERF_ERR_UNSUPPORTED = -4, /* unknown op / dtype / attribute in the program */
+  KERF_ERR_ARGUMENT = -5,    /* bad argument (token id out of range, NULL pointer) */
+  KERF_ERR_CONTEXT = -6,     /* KV cache full (position would exceed n_ctx) */
+  KERF_ERR_MEMORY = -7       /* allocation failed */
+} kerf_status;
+
+typedef struct kerf_model kerf_model;
+typedef struct kerf_session kerf_session;
+
+/* flags for kerf_model_open */
+#define KERF_OPEN_VERIFY_DATA 1u /* also verify every tensor payload's XXH64 (headers always are) */
+
+/* Maps `path`, checks header, bounds of every section/tensor, header and section hashes (and the
+ * tensor hashes with KERF_OPEN_VERIFY_DATA). On failure *out = NULL and `err` (if not NULL) gets a
+ * NUL-terminated message naming the file, the section/tensor and the offset. */
+int kerf_model_open(const char* path, uint32_t flags, kerf_model** out, char* err, size_t err_size);
+void kerf_model_close(kerf_model* m);
+
+int kerf_model_vocab_size(const kerf_model* m);
+int kerf_model_max_seq_len(const kerf_model* m);
+/* Metadata lookups; return 0 when the key exists with that type. String/bytes pointers point into
+ * the mapping and live as long as the model. */
+int kerf_model_meta_int(const kerf_model* m, const char* key, int64_t* out);
+int kerf_model_meta_float(const kerf_model* m, const char* key, double* out);
+int kerf_model_meta_string(const kerf_model* m, const char* key, const char** data, size_t* size);
+
+/* A session owns the activations and the KV cache (n_ctx positions; 0 = model max_seq_len).
+ * KERF_ERR_ARGUMENT when n_ctx < 0 or n_ctx > max_seq_len; KERF_ERR_MEMORY when the KV caches
+ * (n_ctx x n_kv_heads x head_dim float32, twice per Attention op) cannot be allocated. */
+int kerf_session_create(const kerf_model* m, int n_ctx, kerf_session** out);
+void kerf_session_free(kerf_session* s);
+/* Empties the KV cache (position 0). */
+void kerf_session_reset(kerf_session* s);
+/* Number of positions already in the KV cache. */
+int kerf_session_pos(const kerf_session* s);
+/* Runs tokens[0..n) at positions pos..pos+n-1 (prefill when n > 1, decode when n == 1), appending
+ * to the KV cache. If `logits` is not NULL it receives float32 logits: n x vocab values (row i =
+ * prediction after tokens[i]) when all_logits != 0, else only the last row (vocab values).
+ * Errors (nothing is evaluated and the position does not move): KERF_ERR_ARGUMENT for NULL
+ * tokens, n < 1 or a token outside [0, vocab); KERF_ERR_CONTEXT when pos + n > n_ctx;
+ * KERF_ERR_MEMORY when activation buffers cannot be allocated. */
+int kerf_session_eval(kerf_session* s, const int32_t* tokens, int n, float* logits, int all_logits);
+
+/* llama2.c tokenizer stored in the artifact. Encodes UTF-8 `text` (BOS id 1 first when add_bos,
+ * then a dummy-prefix " " piece -- always, even for empty text, like EVAL.md's encode_llama2c --,
+ * characters, byte fallback id = byte + 3, then best-score pair merges, the first pair on equal
+ * scores). Writes at most `max_tokens` ids; *n_tokens gets the full count (KERF_ERR_ARGUMENT if it
+ * did not fit). KERF_ERR_UNSUPPORTED when the artifact has no llama2c tokenizer. */
+int kerf_tokenize(const kerf_model* m, const char* text, int add_bos, int32_t* tokens, int max_tokens,
+                  int* n_tokens);
+/* The text of `token` following `prev` (llama2.c decode rules: leading space stripped after BOS,
+ * "<0xAB>" byte pieces become the byte). Points into the model or a per-model static buffer valid
+ * until the next call. NULL when token is out of range. */
+const char* kerf_token_to_piece(const kerf_model* m, int32_t prev, int32_t token);
+int32_t kerf_token_bos(const kerf_model* m);
+int32_t kerf_token_eos(const kerf_model* m);
+
+/* Sampling. temperature 0 = greedy (argmax, lowest id on ties); otherwise softmax(logits / T),
+ * then nucleus (top-p) filtering when 0 < top_p < 1 (the smallest set of most likely tokens whose
+ * probability sum exceeds top_p, ties by lower id; top_p >= 1 or <= 0 = no filtering), then a draw
+ * from a xorshift64* generator whose state is splitmix64(seed) (any seed, 0 included, is valid).
+ * Deterministic for a given seed. create returns NULL for NaN arguments or on allocation failure;
+ * sample returns -1 for a NULL sampler/logits or vocab < 1. */
+typedef struct kerf_sampler kerf_sampler;
+kerf_sampler* kerf_sampler_create(float temperature, float top_p, uint64_t seed);
+void kerf_sampler_free(kerf_sampler* s);
+int32_t kerf_sampler_sample(kerf_sampler* s, const float* logits, int vocab);
+
+const char* kerf_status_string(int status);
+
+/* Introspection (for `kerf inspect` and reports). Indices run from 0 to count-1; out-of-range
+ * indices return KERF_ERR_ARGUMENT (or NULL). Strings point into the model. */
+int kerf_model_meta_count(const kerf_model* m);
+const char* kerf_model_meta_key(const kerf_model* m, int index); /* NUL-terminated copy owned by m */
+typedef struct kerf_tensor_info {
+  const char* name;       /* NUL-terminated, owned by the model */
+  const char* dtype_name; /* "f32", "q4_asym", ... */
+  uint32_t dtype;         /* kerf::fmt::DType */
+  uint32_t rank;
+  int64_t shape[4];
+  uint32_t group_size;
+  uint64_t bytes;         /* payload bytes */
+} kerf_tensor_info;
+int kerf_model_tensor_count(const kerf_model* m);
+int kerf_model_tensor_info(const kerf_model* m, int index, kerf_tensor_info* out);
+int kerf_model_op_count(const kerf_model* m);
+/* One line: "layers.0.q = Linear(layers.0.attn_norm, @model.layers.0.wq.weight) [cpu]". */
+int kerf_model_op_describe(const kerf_model* m, int index, char* buf, size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KERF_KERF_H_ */

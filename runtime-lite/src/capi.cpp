@@ -1,0 +1,81 @@
+// The C API (kerf.h): model open/close and metadata lookups, status strings. Sessions are in
+// executor.cpp, tokenizer functions in tokenizer.cpp, the sampler in sampler.cpp.
+#include <sys/mman.h>
+
+#include <cstring>
+#include <string>
+
+#include "model.h"
+
+extern "C" {
+
+int kerf_model_open(const char* path, uint32_t flags, kerf_model** out, char* err, size_t err_size) {
+  auto set_err = [&](const std::string& msg) {
+    if (err && err_size > 0) {
+      const size_t n = msg.size() < err_size - 1 ? msg.size() : err_size - 1;
+      std::memcpy(err, msg.data(), n);
+      err[n] = '\0';
+    }
+  };
+  if (!out || !path) {
+    if (out) *out = nullptr;
+    set_err("kerf_model_open: NULL path or output pointer");
+    return KERF_ERR_ARGUMENT;
+  }
+  std::string msg;
+  const int rc = kerf::rt::load_model(path, flags, out, &msg);
+  if (rc != KERF_OK) set_err(msg);
+  else set_err("");
+  return rc;
+}
+
+void kerf_model_close(kerf_model* m) {
+  if (!m) return;
+  if (m->map) ::munmap(const_cast<uint8_t*>(m->map), m->map_size);
+  delete m;
+}
+
+int kerf_model_vocab_size(const kerf_model* m) { return m ? m->vocab : 0; }
+int kerf_model_max_seq_len(const kerf_model* m) { return m ? m->max_seq_len : 0; }
+
+int kerf_model_meta_int(const kerf_model* m, const char* key, int64_t* out) {
+  if (!m || !key || !out) return KERF_ERR_ARGUMENT;
+  const kerf::rt::MetaInfo* mi = m->find_meta(key);
+  if (!mi || mi->type != kerf::fmt::MetaType::kInt) return KERF_ERR_ARGUMENT;
+  *out = mi->i;
+  return KERF_OK;
+}
+
+int kerf_model_meta_float(const kerf_model* m, const char* key, double* out) {
+  if (!m || !key || !out) return KERF_ERR_ARGUMENT;
+  const kerf::rt::MetaInfo* mi = m->find_meta(key);
+  if (!mi || mi->type != kerf::fmt::MetaType::kFloat) return KERF_ERR_ARGUMENT;
+  *out = mi->f;
+  return KERF_OK;
+}
+
+int kerf_model_meta_string(const kerf_model* m, const char* key, const char** data, size_t* size) {
+  if (!m || !key || !data || !size) return KERF_ERR_ARGUMENT;
+  const kerf::rt::MetaInfo* mi = m->find_meta(key);
+  if (!mi || (mi->type != kerf::fmt::MetaType::kString && mi->type != kerf::fmt::MetaType::kBytes))
+    return KERF_ERR_ARGUMENT;
+  *data = mi->data;
+  *size = size_t(mi->size);
+  return KERF_OK;
+}
+
+const char* kerf_status_string(int status) {
+  switch (status) {
+    case KERF_OK: return "ok";
+    case KERF_ERR_IO: return "I/O error";
+    case KERF_ERR_FORMAT: return "not a supported .kerf file";
+    case KERF_ERR_CORRUPT: return "corrupt artifact";
+    case KERF_ERR_UNSUPPORTED: return "unsupported op, dtype or attribute";
+    case KERF_ERR_ARGUMENT: return "bad argument";
+    case KERF_ERR_CONTEXT: return "context full";
+    case KERF_ERR_MEMORY: return "out of memory";
+  }
+  return "unknown status";
+}
+
+}  // extern "C"

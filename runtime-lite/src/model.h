@@ -1,0 +1,128 @@
+// runtime-lite internals: the loaded model (a validated view of the mapped .kerf file) and the
+// session state. Private header; no exceptions, no RTTI.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "kerf/format.h"
+#include "kerf/kerf.h"
+
+namespace kerf::rt {
+
+/// A weight matrix (or vector, rows = 1) inside the mapping. Plain types are row-major [rows, cols];
+/// quantized ones use the SPEC layouts with group size `group`.
+struct WeightView {
+  fmt::DType dtype = fmt::DType::kF32;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0, cols = 0;
+  uint32_t group = 0;
+};
+
+struct TensorInfo {
+  std::string_view name;
+  fmt::DType dtype = fmt::DType::kF32;
+  uint32_t rank = 0;
+  int64_t shape[fmt::kMaxRank] = {0, 0, 0, 0};
+  uint32_t group_size = 0;
+  uint64_t offset = 0, size = 0, hash = 0;  ///< offset relative to the data section
+  const uint8_t* data = nullptr;            ///< into the mapping
+  /// rank-2 -> [shape0, shape1]; rank-1 -> [1, shape0]
+  WeightView view() const;
+};
+
+struct MetaInfo {
+  std::string_view key;
+  fmt::MetaType type = fmt::MetaType::kInt;
+  int64_t i = 0;
+  double f = 0.0;
+  const char* data = nullptr;  ///< string / bytes payload in the mapping
+  uint64_t size = 0;
+};
+
+/// One op with its attributes resolved (defaults applied) and shapes checked by the loader.
+struct OpInfo {
+  fmt::OpCode op = fmt::OpCode::kAdd;
+  std::string_view name;
+  uint32_t index = 0;
+  std::vector<uint32_t> inputs;  ///< raw refs
+  uint32_t output = 0;
+  // attributes
+  double eps = 1e-5, theta = 10000.0, scale = 0.0;
+  int64_t head_dim = 0, n_heads = 0, n_kv_heads = 0, interleaved = 1, causal = 1, activation = 1;
+  int kv_slot = -1;  ///< Attention: index of its KV cache in the session
+};
+
+struct ValueInfo {
+  std::string_view name;
+  uint32_t width = 0;
+};
+
+struct Tokenizer {
+  bool present = false;
+  int32_t max_token_length = 0;
+  std::vector<std::string> pieces;  ///< NUL-terminated copies (std::string keeps a trailing NUL)
+  std::vector<float> scores;
+  std::unordered_map<std::string, int32_t> index;  ///< piece -> id (last one wins, like the python)
+  int32_t bos = 1, eos = 2;
+};
+
+}  // namespace kerf::rt
+
+struct kerf_model {
+  std::string path;
+  const uint8_t* map = nullptr;
+  size_t map_size = 0;
+  kerf::fmt::FileHeader header{};
+  std::vector<kerf::rt::MetaInfo> meta;
+  std::vector<kerf::rt::TensorInfo> tensors;
+  std::vector<kerf::rt::ValueInfo> values;
+  std::vector<kerf::rt::OpInfo> ops;
+  uint32_t input_value = 0, output_value = 0;
+  int n_attention = 0;
+  int vocab = 0, max_seq_len = 0;
+  kerf::rt::Tokenizer tok;
+  std::string piece_buf;  ///< kerf_token_to_piece's per-model buffer (byte pieces)
+  std::vector<std::string> meta_keys, tensor_names;  ///< NUL-terminated copies for introspection (filled by the loader)
+
+  const kerf::rt::MetaInfo* find_meta(std::string_view key) const;
+};
+
+namespace kerf::rt {
+
+/// A float32 buffer from malloc (so allocation failure is a status, not an abort).
+struct FloatBuf {
+  float* p = nullptr;
+  size_t n = 0;
+  FloatBuf() = default;
+  FloatBuf(const FloatBuf&) = delete;
+  FloatBuf& operator=(const FloatBuf&) = delete;
+  FloatBuf(FloatBuf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; o.n = 0; }
+  ~FloatBuf();
+  /// Ensures room for `count` floats (contents not kept); false on allocation failure.
+  bool reserve(size_t count);
+  /// Allocates `count` zeroed floats; false on failure.
+  bool zeros(size_t count);
+};
+
+/// Loads and validates (loader.cpp). On failure returns a status and a message in *err.
+int load_model(const char* path, uint32_t flags, kerf_model** out, std::string* err);
+/// Parses the llama2.c tokenizer bytes (tokenizer.cpp).
+bool parse_tokenizer(const uint8_t* data, uint64_t size, int vocab, Tokenizer* tok, std::string* err);
+
+}  // namespace kerf::rt
+
+struct kerf_session {
+  const kerf_model* model = nullptr;
+  int n_ctx = 0;
+  int pos = 0;
+  std::vector<kerf::rt::FloatBuf> kcache, vcache;  ///< per Attention op: [n_ctx, G*Dh]
+  std::vector<kerf::rt::FloatBuf> vals;            ///< per value: [T, width]
+  kerf::rt::FloatBuf scratch;                      ///< op temporaries
+  size_t cap_tokens = 0;                           ///< T the value buffers hold
+  std::vector<int32_t> tokens;
+};

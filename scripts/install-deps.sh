@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs kerf's build and test dependencies from Debian 12's packages (run as root, or with sudo).
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+  build-essential cmake ccache git \
+  libtorch-dev libopenblas0-openmp \
+  libonnx-dev libprotobuf-dev protobuf-compiler \
+  libeigen3-dev libcli11-dev catch2 nlohmann-json3-dev \
+  >/dev/null
+echo "kerf dependencies installed"
