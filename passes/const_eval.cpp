@@ -111,6 +111,21 @@ double int_div(double a, double b, DType dt) {
 
 }  // namespace
 
+DType dtype_from_onnx_code(int64_t code) {
+  switch (code) {
+    case 1: return DType::kF32;
+    case 10: return DType::kF16;
+    case 16: return DType::kBF16;
+    case 11: return DType::kF64;
+    case 7: return DType::kI64;
+    case 6: return DType::kI32;
+    case 3: return DType::kI8;
+    case 2: return DType::kU8;
+    case 9: return DType::kBool;
+    default: return DType::kUndefined;
+  }
+}
+
 std::optional<std::vector<Tensor>> eval_constant_node(const ir::Node& n, const std::vector<const Tensor*>& in_t,
                                                       int64_t max_el) {
   if (!n.domain.empty()) return std::nullopt;
@@ -150,20 +165,8 @@ std::optional<std::vector<Tensor>> eval_constant_node(const ir::Node& n, const s
       return a[0];
     }, max_el);
   } else if (op == "Cast" && A) {
-    auto dt = static_cast<int>(n.attr_int("to", 0));
-    DType to;
-    switch (dt) {
-      case 1: to = DType::kF32; break;
-      case 10: to = DType::kF16; break;
-      case 16: to = DType::kBF16; break;
-      case 11: to = DType::kF64; break;
-      case 7: to = DType::kI64; break;
-      case 6: to = DType::kI32; break;
-      case 3: to = DType::kI8; break;
-      case 2: to = DType::kU8; break;
-      case 9: to = DType::kBool; break;
-      default: return std::nullopt;
-    }
+    const DType to = dtype_from_onnx_code(n.attr_int("to", 0));
+    if (to == DType::kUndefined) return std::nullopt;
     Arr o = *A;
     o.dt = to;
     if (is_int(to) && !is_int(A->dt))

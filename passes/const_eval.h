@@ -16,6 +16,10 @@ namespace kerf::passes {
 std::optional<std::vector<ir::Tensor>> eval_constant_node(const ir::Node& n, const std::vector<const ir::Tensor*>& in,
                                                           int64_t max_elements = 1 << 20);
 
+/// The IR dtype of an ONNX TensorProto.DataType code (Cast's "to" attribute); kUndefined for codes
+/// kerf does not handle.
+ir::DType dtype_from_onnx_code(int64_t code);
+
 /// One element of a symbolically known int64 vector: a constant, or a named dynamic dim.
 struct SymElem {
   bool known = false;     ///< value is valid

@@ -168,17 +168,7 @@ struct Inference {
     }
     if (op == "Cast") {
       if (!all(1)) return void(++unknown_ops);
-      DType to = DType::kUndefined;
-      switch (n.attr_int("to", 0)) {
-        case 1: to = DType::kF32; break;
-        case 10: to = DType::kF16; break;
-        case 16: to = DType::kBF16; break;
-        case 11: to = DType::kF64; break;
-        case 7: to = DType::kI64; break;
-        case 6: to = DType::kI32; break;
-        case 9: to = DType::kBool; break;
-        default: break;
-      }
+      const DType to = dtype_from_onnx_code(n.attr_int("to", 0));
       set(out, to, in[0]->shape);
       if (auto s = symval(n.inputs[0]); s && !ir::dtype_is_float(to)) sym[out] = *s;
       return;

@@ -342,7 +342,9 @@ bool Graph::is_graph_output(const std::string& v) const {
 
 std::string Graph::unique_name(const std::string& base) const {
   std::unordered_set<std::string> used(inputs.begin(), inputs.end());
+  used.insert(outputs.begin(), outputs.end());
   for (const auto& [k, _] : initializers) used.insert(k);
+  for (const auto& [k, _] : values) used.insert(k);  // a stale type entry must not be inherited
   for (const auto& n : nodes) {
     for (const auto& o : n.outputs) used.insert(o);
     used.insert(n.name);
