@@ -102,60 +102,6 @@ TensorRecord TensorRecord::from_f16(std::string name, std::vector<int64_t> shape
   return t;
 }
 
-TensorRecord TensorRecord::quantize_q8_sym(std::string name, int64_t rows, int64_t cols, uint32_t group,
-                                           const std::vector<float>& w) {
-  TensorRecord t{std::move(name), fmt::DType::kQ8Sym, {rows, cols}, group, {}};
-  if (rows < 1 || cols < 1 || group < 1 || int64_t(w.size()) != rows * cols) return t;  // size check fails later
-  const int64_t ng = (cols + group - 1) / group;
-  t.payload.assign(size_t(fmt::quant_payload_bytes(t.dtype, rows, cols, group)), 0);
-  uint8_t* codes = t.payload.data();
-  uint8_t* scales = codes + rows * cols;
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t c0 = g * group, c1 = std::min<int64_t>(cols, c0 + group);
-      float amax = 0.f;
-      for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(w[r * cols + c]));
-      const uint16_t sh = fmt::f32_to_f16(amax / 127.f);
-      const float s = fmt::f16_to_f32(sh);
-      std::memcpy(scales + 2 * (r * ng + g), &sh, 2);
-      for (int64_t c = c0; c < c1; ++c) {
-        float q = s > 0.f ? std::nearbyint(w[r * cols + c] / s) : 0.f;
-        q = std::min(127.f, std::max(-127.f, q));
-        codes[r * cols + c] = uint8_t(int8_t(q));
-      }
-    }
-  }
-  return t;
-}
-
-TensorRecord TensorRecord::quantize_q4_asym(std::string name, int64_t rows, int64_t cols, uint32_t group,
-                                            const std::vector<float>& w) {
-  TensorRecord t{std::move(name), fmt::DType::kQ4Asym, {rows, cols}, group, {}};
-  if (rows < 1 || cols < 1 || group < 1 || int64_t(w.size()) != rows * cols) return t;
-  const int64_t ng = (cols + group - 1) / group, rb = (cols + 1) / 2;
-  t.payload.assign(size_t(fmt::quant_payload_bytes(t.dtype, rows, cols, group)), 0);
-  uint8_t* codes = t.payload.data();
-  uint8_t* scales = codes + rows * rb;
-  uint8_t* mins = scales + 2 * rows * ng;
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t c0 = g * group, c1 = std::min<int64_t>(cols, c0 + group);
-      float lo = w[r * cols + c0], hi = lo;
-      for (int64_t c = c0; c < c1; ++c) { lo = std::min(lo, w[r * cols + c]); hi = std::max(hi, w[r * cols + c]); }
-      const uint16_t mh = fmt::f32_to_f16(lo), sh = fmt::f32_to_f16((hi - lo) / 15.f);
-      const float m = fmt::f16_to_f32(mh), s = fmt::f16_to_f32(sh);
-      std::memcpy(scales + 2 * (r * ng + g), &sh, 2);
-      std::memcpy(mins + 2 * (r * ng + g), &mh, 2);
-      for (int64_t c = c0; c < c1; ++c) {
-        float q = s > 0.f ? std::nearbyint((w[r * cols + c] - m) / s) : 0.f;
-        q = std::min(15.f, std::max(0.f, q));
-        codes[r * rb + c / 2] |= uint8_t(unsigned(q) << ((c & 1) ? 4 : 0));
-      }
-    }
-  }
-  return t;
-}
-
 // ------------------------------------------------------------------------------------ builder
 
 void ArtifactBuilder::add_meta_int(const std::string& key, int64_t v) {

@@ -41,15 +41,6 @@ struct TensorRecord {
   /// `v.size()` must equal the product of `shape` (checked when the artifact is written).
   static TensorRecord from_f32(std::string name, std::vector<int64_t> shape, const std::vector<float>& v);
   static TensorRecord from_f16(std::string name, std::vector<int64_t> shape, const std::vector<float>& v);
-  /// Reference round-to-nearest quantizers of a row-major [rows, cols] float matrix `w`
-  /// (w.size() == rows * cols), group size `group` >= 1 along cols (the last group may be partial).
-  ///   q8_sym:  scale = f16(max|w| / 127) per group, code = clamp(round(w / scale), -127, 127)
-  ///   q4_asym: min = f16(min w), scale = f16((max w - min) / 15), code = clamp(round((w-min)/scale), 0, 15)
-  /// (codes are computed with the f16-rounded scale/min; a zero scale gives code 0).
-  static TensorRecord quantize_q8_sym(std::string name, int64_t rows, int64_t cols, uint32_t group,
-                                      const std::vector<float>& w);
-  static TensorRecord quantize_q4_asym(std::string name, int64_t rows, int64_t cols, uint32_t group,
-                                       const std::vector<float>& w);
 };
 
 /// A value (activation) of the program: float32 [T, width] at run time.

@@ -77,8 +77,8 @@ TEST_CASE("Q8Sym and Q4Asym GEMV, cols 172 with group 32 (partial last group) an
     const int64_t rows = 7;
     const std::vector<float> w = random_vec(rng, size_t(rows * cols), 1.f);
     INFO("cols " << cols);
-    check_gemv(art::TensorRecord::quantize_q8_sym("w", rows, cols, 32, w), w, 0.01);
-    check_gemv(art::TensorRecord::quantize_q4_asym("w", rows, cols, 32, w), w, 0.12);
+    check_gemv(kt::quantize_q8_sym("w", rows, cols, 32, w), w, 0.01);
+    check_gemv(kt::quantize_q4_asym("w", rows, cols, 32, w), w, 0.12);
   }
 }
 
@@ -106,7 +106,7 @@ TEST_CASE("F16 and F32 GEMV", "[kernels]") {
 TEST_CASE("Embedding rows are dequantized table rows", "[kernels]") {
   std::mt19937 rng(2);
   const std::vector<float> w = random_vec(rng, 9 * 11, 1.f);
-  const art::TensorRecord q = art::TensorRecord::quantize_q4_asym("e", 9, 11, 4, w);
+  const art::TensorRecord q = kt::quantize_q4_asym("e", 9, 11, 4, w);
   const std::vector<double> wd = ref_dequant(q);
   const int32_t toks[3] = {8, 0, 8};
   std::vector<float> out(3 * 11);

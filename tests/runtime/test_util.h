@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -173,13 +174,73 @@ inline Weights stories260k(LlamaCfg* c) {
   return w;
 }
 
+/// Test fixtures: plain round-to-nearest-even quantizers of a row-major [rows, cols] matrix `w` into the
+/// SPEC layouts, group `group` >= 1 along cols (last group partial). They let runtime-lite's tests
+/// build artifacts without the compiler (quant/rtn.h is the product's quantizer):
+///   q8_sym:  scale = f16(max|w| / 127) per group, code = clamp(round(w / scale), -127, 127)
+///   q4_asym: min = f16(min w), scale = f16((max w - min) / 15), code = clamp(round((w-min)/scale), 0, 15)
+/// (codes use the f16-rounded scale/min; a zero scale gives code 0; bad sizes give an empty payload).
+inline art::TensorRecord quantize_q8_sym(std::string name, int64_t rows, int64_t cols, uint32_t group,
+                                         const std::vector<float>& w) {
+  art::TensorRecord t{std::move(name), fmt::DType::kQ8Sym, {rows, cols}, group, {}};
+  if (rows < 1 || cols < 1 || group < 1 || int64_t(w.size()) != rows * cols) return t;  // size check fails later
+  const int64_t ng = (cols + group - 1) / group;
+  t.payload.assign(size_t(fmt::quant_payload_bytes(t.dtype, rows, cols, group)), 0);
+  uint8_t* codes = t.payload.data();
+  uint8_t* scales = codes + rows * cols;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t c0 = g * group, c1 = std::min<int64_t>(cols, c0 + group);
+      float amax = 0.f;
+      for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(w[r * cols + c]));
+      const uint16_t sh = fmt::f32_to_f16(amax / 127.f);
+      const float s = fmt::f16_to_f32(sh);
+      std::memcpy(scales + 2 * (r * ng + g), &sh, 2);
+      for (int64_t c = c0; c < c1; ++c) {
+        float q = s > 0.f ? std::nearbyint(w[r * cols + c] / s) : 0.f;
+        q = std::min(127.f, std::max(-127.f, q));
+        codes[r * cols + c] = uint8_t(int8_t(q));
+      }
+    }
+  }
+  return t;
+}
+
+inline art::TensorRecord quantize_q4_asym(std::string name, int64_t rows, int64_t cols, uint32_t group,
+                                          const std::vector<float>& w) {
+  art::TensorRecord t{std::move(name), fmt::DType::kQ4Asym, {rows, cols}, group, {}};
+  if (rows < 1 || cols < 1 || group < 1 || int64_t(w.size()) != rows * cols) return t;
+  const int64_t ng = (cols + group - 1) / group, rb = (cols + 1) / 2;
+  t.payload.assign(size_t(fmt::quant_payload_bytes(t.dtype, rows, cols, group)), 0);
+  uint8_t* codes = t.payload.data();
+  uint8_t* scales = codes + rows * rb;
+  uint8_t* mins = scales + 2 * rows * ng;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t c0 = g * group, c1 = std::min<int64_t>(cols, c0 + group);
+      float lo = w[r * cols + c0], hi = lo;
+      for (int64_t c = c0; c < c1; ++c) { lo = std::min(lo, w[r * cols + c]); hi = std::max(hi, w[r * cols + c]); }
+      const uint16_t mh = fmt::f32_to_f16(lo), sh = fmt::f32_to_f16((hi - lo) / 15.f);
+      const float m = fmt::f16_to_f32(mh), s = fmt::f16_to_f32(sh);
+      std::memcpy(scales + 2 * (r * ng + g), &sh, 2);
+      std::memcpy(mins + 2 * (r * ng + g), &mh, 2);
+      for (int64_t c = c0; c < c1; ++c) {
+        float q = s > 0.f ? std::nearbyint((w[r * cols + c] - m) / s) : 0.f;
+        q = std::min(15.f, std::max(0.f, q));
+        codes[r * rb + c / 2] |= uint8_t(unsigned(q) << ((c & 1) ? 4 : 0));
+      }
+    }
+  }
+  return t;
+}
+
 /// Matrix tensor in the requested dtype.
 inline art::TensorRecord matrix(const std::string& name, int64_t rows, int64_t cols, const std::vector<float>& v,
                                 fmt::DType dt, uint32_t group) {
   switch (dt) {
     case fmt::DType::kF16: return art::TensorRecord::from_f16(name, {rows, cols}, v);
-    case fmt::DType::kQ8Sym: return art::TensorRecord::quantize_q8_sym(name, rows, cols, group, v);
-    case fmt::DType::kQ4Asym: return art::TensorRecord::quantize_q4_asym(name, rows, cols, group, v);
+    case fmt::DType::kQ8Sym: return quantize_q8_sym(name, rows, cols, group, v);
+    case fmt::DType::kQ4Asym: return quantize_q4_asym(name, rows, cols, group, v);
     default: return art::TensorRecord::from_f32(name, {rows, cols}, v);
   }
 }

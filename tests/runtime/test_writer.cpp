@@ -28,8 +28,8 @@ art::ArtifactBuilder mixed_builder() {
   b.add_tensor(i32);
   art::TensorRecord i64{"longs", DType::kI64, {1, 1, 1, 2}, 0, std::vector<uint8_t>(16, 9)};
   b.add_tensor(i64);
-  b.add_tensor(art::TensorRecord::quantize_q8_sym("q8", 3, 7, 4, random_vec(rng, 21, 1.f)));
-  b.add_tensor(art::TensorRecord::quantize_q4_asym("q4", 3, 7, 4, random_vec(rng, 21, 1.f)));
+  b.add_tensor(kt::quantize_q8_sym("q8", 3, 7, 4, random_vec(rng, 21, 1.f)));
+  b.add_tensor(kt::quantize_q4_asym("q4", 3, 7, 4, random_vec(rng, 21, 1.f)));
   const uint32_t tok = b.add_value({"tokens", 1});
   const uint32_t out = b.add_value({"out", 3});
   const uint32_t logits = b.add_value({"logits", 5});
@@ -139,7 +139,7 @@ TEST_CASE("writer output is deterministic and independent of metadata insertion 
 TEST_CASE("writer rejects invalid input with a message naming the culprit", "[writer]") {
   SECTION("payload size") {
     art::ArtifactBuilder b = mixed_builder();
-    art::TensorRecord t = art::TensorRecord::quantize_q4_asym("bad.q4", 4, 172, 32, std::vector<float>(4 * 172, 1.f));
+    art::TensorRecord t = kt::quantize_q4_asym("bad.q4", 4, 172, 32, std::vector<float>(4 * 172, 1.f));
     t.payload.pop_back();
     b.add_tensor(t);
     const std::string e = b.validate();
@@ -216,7 +216,7 @@ TEST_CASE("atomic write: an error leaves nothing behind and keeps an existing fi
 
 TEST_CASE("reference quantizers follow the SPEC layouts", "[writer]") {
   // q4: 1 row, 5 cols, group 4 -> groups {0..3}, {4}; codes packed low nibble first.
-  art::TensorRecord q4 = art::TensorRecord::quantize_q4_asym("q", 1, 5, 4, {0.f, 1.f, 2.f, 15.f, 3.f});
+  art::TensorRecord q4 = kt::quantize_q4_asym("q", 1, 5, 4, {0.f, 1.f, 2.f, 15.f, 3.f});
   REQUIRE(q4.payload.size() == 3 + 4 * 2);
   CHECK((q4.payload[0] & 0xf) == 0);   // 0 -> code 0
   CHECK((q4.payload[0] >> 4) == 1);    // 1 -> code 1 (scale 1, min 0)
@@ -232,7 +232,7 @@ TEST_CASE("reference quantizers follow the SPEC layouts", "[writer]") {
   CHECK(fmt::f16_to_f32(s1) == 0.f);
   CHECK(fmt::f16_to_f32(m0) == 0.f);
   CHECK(fmt::f16_to_f32(m1) == 3.f);
-  art::TensorRecord q8 = art::TensorRecord::quantize_q8_sym("q", 1, 3, 2, {-127.f, 63.5f, 2.f});
+  art::TensorRecord q8 = kt::quantize_q8_sym("q", 1, 3, 2, {-127.f, 63.5f, 2.f});
   REQUIRE(q8.payload.size() == 3 + 2 * 2);
   CHECK(int8_t(q8.payload[0]) == -127);
   CHECK(int8_t(q8.payload[2]) == 127);
