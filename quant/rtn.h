@@ -33,6 +33,7 @@ struct QuantTensor {
   fmt::DType dtype = fmt::DType::kF32;
   int64_t rows = 0, cols = 0;
   int32_t group_size = 0;
+  uint32_t flags = 0;  ///< TensorEntry flags (generic dtypes of quant/qspec.h: bits + scale format); else 0
   std::vector<uint8_t> payload;
 };
 

@@ -15,7 +15,7 @@ namespace kerf::fmt {
 
 inline constexpr char kMagic[8] = {'K', 'E', 'R', 'F', 'A', 'R', 'T', '\0'};
 inline constexpr uint16_t kVersionMajor = 1;  ///< bumped only for breaking changes
-inline constexpr uint16_t kVersionMinor = 0;
+inline constexpr uint16_t kVersionMinor = 1;  ///< 1.1: generic quantized dtypes (kQSym .. kBinary)
 inline constexpr uint64_t kDataAlign = 4096;  ///< data section start alignment (page, for mmap)
 inline constexpr uint64_t kTensorAlign = 64;  ///< each tensor payload's alignment within data
 inline constexpr uint32_t kMaxRank = 4;
@@ -49,6 +49,31 @@ static_assert(sizeof(FileHeader) == 120, "FileHeader layout");
 ///   kQ8Sym:  codes  i8 [rows][cols]          w = code * scale, code in -127..127
 ///            scale  f16[rows][ng]
 /// The three / two arrays follow each other with no padding. bytes = quant_payload_bytes().
+///
+/// Generic quantized dtypes (format 1.1). TensorEntry.flags carries their parameters, see QFlags
+/// below (flags must be 0 for every other dtype). ng = ceil(cols / g) groups per row; the groups of
+/// the whole tensor are numbered i = r * ng + j (row r, group j of the row), NG = rows * ng.
+///   Codes, one byte string of rb bytes per row, rows after each other, then the group parameters:
+///     kQSym   b bits (2..8): rb = ceil(cols * b / 8). Element c's code u (0 <= u < 2^b) is the
+///             b-bit field at bit offset c * b of its row's bytes, LSB first (bit k of the row
+///             string is bit k % 8 of byte k / 8; a field may straddle bytes; padding bits are 0).
+///             w = s_i * (u - 2^(b-1))      (q = u - 2^(b-1) in [-2^(b-1), 2^(b-1) - 1])
+///     kQAsym  b bits (2..8): codes as kQSym.   w = s_i * u + m_i
+///             (b = 4 with kF16 scales is byte-identical to kQ4Asym.)
+///     kTernary: rb = ceil(cols / 5); byte k of a row holds elements 5k..5k+4 as base-3 digits,
+///             byte = sum_{t<5} d_t * 3^t with d = q + 1, q in {-1, 0, +1} (padding digits d = 1).
+///             Readers decode (byte mod 243). w = s_i * q.  (1.6 bits per weight.)
+///     kBinary: rb = ceil(cols / 8); bit c % 8 of byte c / 8 set means q = +1, clear q = -1
+///             (padding bits 0). w = s_i * q.
+///   Group parameters, scale format kF16 (QFlags scale field 0):
+///     s f16[NG], then for kQAsym m f16[NG].
+///   Group parameters, scale format kK6 (field 1; llama.cpp k-quant style): super-blocks of 8
+///     consecutive groups in the flat order i, NS = ceil(NG / 8), P6 = ceil(NG * 6 / 8) bytes:
+///     sc  6-bit unsigned [NG] packed LSB first (value i at bit offset 6 i), P6 bytes
+///     (kQAsym) mc 6-bit unsigned [NG] packed the same way, P6 bytes
+///     d   f16[NS]      s_i = d[i / 8] * sc_i
+///     (kQAsym) dm f16[NS]   m_i = dm[i / 8] * mc_i
+///   All arrays follow each other with no padding. bytes = quant_payload_bytes(t, rows, cols, g, flags).
 enum class DType : uint32_t {
   kF32 = 0,
   kF16 = 1,
@@ -57,7 +82,23 @@ enum class DType : uint32_t {
   kI64 = 4,
   kQ8Sym = 16,
   kQ4Asym = 17,
+  kQSym = 18,
+  kQAsym = 19,
+  kTernary = 20,
+  kBinary = 21,
 };
+
+/// Group-parameter storage of the generic quantized dtypes.
+enum class ScaleFormat : uint32_t {
+  kF16 = 0,  ///< one f16 per group and parameter
+  kK6 = 1,   ///< 6-bit per group and parameter under an f16 super-scale per 8 groups
+};
+inline constexpr uint32_t kK6GroupsPerSuper = 8;
+/// TensorEntry.flags of a generic quantized dtype: bits 0-7 code bits b (kQSym / kQAsym: 2..8;
+/// kTernary / kBinary: 0), bits 8-15 ScaleFormat, bits 16-31 zero.
+inline constexpr uint32_t make_qflags(uint32_t bits, ScaleFormat sf) { return bits | (uint32_t(sf) << 8); }
+inline constexpr uint32_t qflags_bits(uint32_t flags) { return flags & 0xffu; }
+inline constexpr ScaleFormat qflags_scale(uint32_t flags) { return ScaleFormat((flags >> 8) & 0xffu); }
 
 inline const char* dtype_name(DType t) {
   switch (t) {
@@ -68,10 +109,49 @@ inline const char* dtype_name(DType t) {
     case DType::kI64: return "i64";
     case DType::kQ8Sym: return "q8_sym";
     case DType::kQ4Asym: return "q4_asym";
+    case DType::kQSym: return "qsym";
+    case DType::kQAsym: return "qasym";
+    case DType::kTernary: return "ternary";
+    case DType::kBinary: return "binary";
   }
   return "?";
 }
-inline bool dtype_is_quantized(DType t) { return t == DType::kQ8Sym || t == DType::kQ4Asym; }
+inline bool dtype_is_generic_quant(DType t) {
+  return t == DType::kQSym || t == DType::kQAsym || t == DType::kTernary || t == DType::kBinary;
+}
+inline bool dtype_is_quantized(DType t) {
+  return t == DType::kQ8Sym || t == DType::kQ4Asym || dtype_is_generic_quant(t);
+}
+/// Whether `flags` is valid for `t`: 0 for every non-generic dtype; for the generic ones the
+/// QFlags rules (bits 2..8 for kQSym / kQAsym, 0 for kTernary / kBinary; scale format 0 or 1;
+/// upper 16 bits 0).
+inline bool qflags_valid(DType t, uint32_t flags) {
+  if (!dtype_is_generic_quant(t)) return flags == 0;
+  if ((flags >> 16) != 0 || uint32_t(qflags_scale(flags)) > 1u) return false;
+  const uint32_t b = qflags_bits(flags);
+  if (t == DType::kQSym || t == DType::kQAsym) return b >= 2 && b <= 8;
+  return b == 0;
+}
+/// Bytes per row of the code array of a generic quantized dtype (0 for other dtypes).
+inline uint64_t qcode_row_bytes(DType t, uint64_t cols, uint32_t flags) {
+  switch (t) {
+    case DType::kQSym: case DType::kQAsym: return (cols * qflags_bits(flags) + 7) / 8;
+    case DType::kTernary: return (cols + 4) / 5;
+    case DType::kBinary: return (cols + 7) / 8;
+    default: return 0;
+  }
+}
+/// Number of per-group parameter arrays: 2 for kQAsym (scale, min), 1 for the other generic ones.
+inline uint32_t qparam_arrays(DType t) { return t == DType::kQAsym ? 2u : 1u; }
+/// Bytes of the group parameters of a generic quantized dtype with NG groups in total.
+inline uint64_t qparam_bytes(DType t, uint64_t n_groups, uint32_t flags) {
+  const uint64_t arrays = qparam_arrays(t);
+  if (qflags_scale(flags) == ScaleFormat::kK6) {
+    const uint64_t ns = (n_groups + kK6GroupsPerSuper - 1) / kK6GroupsPerSuper;
+    return arrays * ((n_groups * 6 + 7) / 8 + 2 * ns);
+  }
+  return arrays * 2 * n_groups;
+}
 inline uint32_t dtype_elem_size(DType t) {  // plain types only
   switch (t) {
     case DType::kF32: case DType::kI32: return 4;
@@ -80,11 +160,14 @@ inline uint32_t dtype_elem_size(DType t) {  // plain types only
     default: return 0;
   }
 }
-/// Payload bytes of a quantized [rows, cols] matrix with group size g (g >= 1). 0 if unknown type.
-inline uint64_t quant_payload_bytes(DType t, uint64_t rows, uint64_t cols, uint64_t g) {
+/// Payload bytes of a quantized [rows, cols] matrix with group size g (g >= 1) and TensorEntry
+/// flags `flags` (generic dtypes; 0 otherwise). 0 if unknown type. No overflow checks: see
+/// tensor_payload_bytes().
+inline uint64_t quant_payload_bytes(DType t, uint64_t rows, uint64_t cols, uint64_t g, uint32_t flags = 0) {
   const uint64_t ng = (cols + g - 1) / g;
   if (t == DType::kQ4Asym) return rows * ((cols + 1) / 2) + 4 * rows * ng;
   if (t == DType::kQ8Sym) return rows * cols + 2 * rows * ng;
+  if (dtype_is_generic_quant(t)) return rows * qcode_row_bytes(t, cols, flags) + qparam_bytes(t, rows * ng, flags);
   return 0;
 }
 
@@ -95,7 +178,7 @@ struct TensorEntry {
   uint32_t rank;                    ///< 1..kMaxRank
   int64_t shape[kMaxRank];          ///< unused trailing dims are 0
   uint32_t group_size;              ///< quantized types: g; else 0
-  uint32_t flags;                   ///< reserved, 0
+  uint32_t flags;                   ///< generic quantized dtypes: QFlags (bits, scale format); else 0
   uint64_t offset;                  ///< payload offset relative to data_offset, multiple of 64
   uint64_t size;                    ///< payload bytes
   uint64_t hash;                    ///< XXH64 of the payload
@@ -202,12 +285,14 @@ inline uint32_t attr_kind(AttrKey k) {
 }
 
 /// Overflow-checked payload size of a tensor: plain types numel * elem_size, quantized types
-/// quant_payload_bytes (rank must be 2 and group_size >= 1; plain types need group_size == 0).
+/// quant_payload_bytes (rank must be 2 and group_size >= 1; plain types need group_size == 0;
+/// `flags` must satisfy qflags_valid()).
 /// Every dim in shape[0..rank) must be >= 1 and <= 2^40. Returns false (and leaves *out alone)
 /// when the combination is invalid or the size does not fit in 62 bits.
 inline bool tensor_payload_bytes(DType t, uint32_t rank, const int64_t* shape, uint32_t group_size,
-                                 uint64_t* out) {
+                                 uint64_t* out, uint32_t flags = 0) {
   if (rank < 1 || rank > kMaxRank) return false;
+  if (!qflags_valid(t, flags)) return false;
   const uint64_t kMaxDim = uint64_t(1) << 40, kLimit = uint64_t(1) << 62;
   for (uint32_t i = 0; i < rank; ++i)
     if (shape[i] < 1 || uint64_t(shape[i]) > kMaxDim) return false;
@@ -216,9 +301,9 @@ inline bool tensor_payload_bytes(DType t, uint32_t rank, const int64_t* shape, u
     const uint64_t rows = uint64_t(shape[0]), cols = uint64_t(shape[1]);  // each <= 2^40
     const uint64_t ng = (cols + group_size - 1) / group_size;
     // rows * (cols + 4 ng) <= 2^40 * 5 * 2^40 overflows, so check the factors first.
-    const uint64_t per_row = cols + 4 * ng;
+    const uint64_t per_row = cols + 4 * ng;  // >= code bytes + parameter bytes per row, all dtypes
     if (per_row != 0 && rows > kLimit / per_row) return false;
-    *out = quant_payload_bytes(t, rows, cols, group_size);
+    *out = quant_payload_bytes(t, rows, cols, group_size, flags);
     return true;
   }
   const uint32_t es = dtype_elem_size(t);
