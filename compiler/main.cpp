@@ -11,6 +11,7 @@
 #include "compiler/ir/ir_text.h"
 #include "compiler/pipeline/compile.h"
 #include "compiler/pipeline/eval.h"
+#include "quant/qspec.h"
 #include "passes/registry.h"
 
 #ifndef KERF_VERSION
@@ -72,12 +73,26 @@ int main(int argc, char** argv) {
                       "llama2.c tokenizer file (default: the only tokenizer.bin / tok*.bin beside the model)");
   compile->add_option("--group-size", copt.quant.group_size, "quantization group size along the input dim")
       ->capture_default_str();
-  compile->add_option("--linear", linear, "precision of Linear/FFN weights: q4_asym, q8_sym, f16, f32")->capture_default_str();
-  compile->add_option("--embedding", embedding, "precision of the (tied) embedding: q8_sym, q4_asym, f16, f32")
+  compile->add_option("--linear", linear,
+                      "precision of Linear/FFN weights: RTN baseline q4_asym | q8_sym | f16 | f32, or a calibrated "
+                      "precision such as int4_asym:g32, int3_sym:g32:k6, ternary:g32, binary:g32")
+      ->capture_default_str();
+  compile->add_option("--embedding", embedding,
+                      "precision of the (tied) embedding: q8_sym | q4_asym | f16 | f32, or e.g. int8_sym:row")
       ->capture_default_str();
   compile->add_option("--threads", copt.threads, "LibTorch threads (0 = all cores)")->capture_default_str();
   bool no_verify = false;
   compile->add_flag("--no-verify-lift", no_verify, "skip the imported-vs-lifted probe comparison");
+  compile->add_option("--recipe", copt.recipe_path, "quantization recipe (YAML, see examples/recipes/)");
+  compile->add_option("--method", copt.method, "quantization method for the default precision: rtn, gptq, awq, awq+gptq");
+  compile->add_option("--calib", copt.calib_path, "calibration text (stories separated by <|endoftext|> lines)");
+  std::string calib_stories;
+  compile->add_option("--calib-stories", calib_stories, "calibration story range A:B (default: the recipe's, else 0:128)");
+  compile->add_option("--calib-tokens", copt.calib_tokens, "cap on calibration tokens (0 = no cap; default: the recipe's)");
+  compile->add_option("--bpw", copt.bpw, "mixed precision: effective bits-per-weight budget over all weight matrices");
+  compile->add_flag("--strict", copt.strict, "fail when the recipe cannot be met exactly (instead of noting it)");
+  bool compile_quiet = false;
+  compile->add_flag("-q,--quiet", compile_quiet, "no progress lines");
 
   // eval
   kerf::pipeline::EvalOptions eopt;
@@ -108,12 +123,34 @@ int main(int argc, char** argv) {
 
   if (*compile) {
     copt.verify_lift = !no_verify;
+    copt.progress = !compile_quiet;
+    if (!calib_stories.empty()) {
+      auto cr = kerf::pipeline::parse_story_range(calib_stories);
+      if (!cr.ok()) return fail(cr.status().with_context("--calib-stories"));
+      copt.calib_stories = *cr;
+    }
+    // A legacy dtype name selects the RTN baseline; a qspec text ("int4_asym:g32") the calibrated path.
     auto l = parse_dtype(linear);
-    if (!l.ok()) return fail(l.status());
+    if (l.ok()) {
+      copt.quant.linear_dtype = *l;
+    } else {
+      auto q = kerf::quant::parse_qspec(linear);
+      if (!q.ok()) return fail(kerf::InvalidArgument("--linear: '" + linear + "' is neither q4_asym | q8_sym | f16 | f32 nor " + q.status().message()));
+      copt.linear_spec = linear;
+    }
     auto e = parse_dtype(embedding);
-    if (!e.ok()) return fail(e.status());
-    copt.quant.linear_dtype = *l;
-    copt.quant.embedding_dtype = *e;
+    if (e.ok()) {
+      copt.quant.embedding_dtype = *e;
+      // In the calibrated path a legacy name means the same storage in qspec terms.
+      if (compile->count("--embedding") > 0)
+        copt.embedding_spec_if_calibrated = embedding == "q8_sym" || embedding == "int8"   ? "int8_sym:row"
+                                            : embedding == "q4_asym" || embedding == "int4" ? "int4_asym:g32"
+                                                                                             : embedding;
+    } else {
+      auto q = kerf::quant::parse_qspec(embedding);
+      if (!q.ok()) return fail(kerf::InvalidArgument("--embedding: '" + embedding + "' is neither q8_sym | q4_asym | f16 | f32 nor " + q.status().message()));
+      copt.embedding_spec = embedding;
+    }
     auto r = kerf::pipeline::compile(copt);
     if (!r.ok()) return fail(r.status());
     std::cout << kerf::pipeline::compile_summary_text(copt, *r);

@@ -198,7 +198,23 @@ struct RunCtx {
   int64_t past;              // tokens in the KV caches before this run (Rotary positions start here)
   std::vector<KV>& staged;   // caches being built by this run; committed on success
   int64_t opset;
+  const ReferenceExecutor::Observer* observer = nullptr;  // set while running an observed step
+  size_t step_index = 0;
 };
+
+void observe(RunCtx& c, const std::string& node_name, const char* what, const at::Tensor& t) {
+  if (!c.observer || !*c.observer) return;
+  at::Tensor x = t.to(at::kFloat).contiguous();
+  const int64_t cols = x.dim() ? x.size(-1) : 1;
+  ReferenceExecutor::Observation o;
+  o.node_name = &node_name;
+  o.node_index = c.step_index;
+  o.what = what;
+  o.data = x.data_ptr<float>();
+  o.cols = cols;
+  o.rows = cols ? x.numel() / cols : 0;
+  (*c.observer)(o);
+}
 using Tensors = std::vector<at::Tensor>;
 using OpFn = void (*)(RunCtx&, const Step&, const Tensors& in, Tensors& out);
 
@@ -617,7 +633,7 @@ void op_attention(RunCtx& c, const Step& s, const Tensors& in, Tensors& out) {
   out[0] = at::matmul(at::softmax(scores, -1), vh).transpose(1, 2).reshape({B, T, H * dh});
 }
 
-void op_gated_ffn(RunCtx&, const Step& s, const Tensors& in, Tensors& out) {
+void op_gated_ffn(RunCtx& c, const Step& s, const Tensors& in, Tensors& out) {
   const at::Tensor& x = in_at(in, 0, "x");
   const at::Tensor& w1 = in_at(in, 1, "w1");
   const at::Tensor& w3 = in_at(in, 2, "w3");
@@ -629,7 +645,9 @@ void op_gated_ffn(RunCtx&, const Step& s, const Tensors& in, Tensors& out) {
   else if (act == "gelu_tanh") g = at::gelu(g, "tanh");
   else if (act == "relu") g = at::relu(g);
   else fail("activation '" + act + "' is not supported", ErrorCode::kUnsupported);
-  out[0] = at::linear(g * at::linear(x, w3), w2);
+  at::Tensor h = g * at::linear(x, w3);
+  if (c.observer) observe(c, s.node.name, "ffn_hidden", h);
+  out[0] = at::linear(h, w2);
 }
 
 const std::unordered_map<std::string, OpFn>& onnx_ops() {
@@ -703,6 +721,13 @@ struct ReferenceExecutor::Impl {
   std::vector<KV> caches;                     // one per Attention node
   int64_t opset = 17;
   int threads = 1;
+  std::unordered_map<std::string, int> initializer_slots;
+  ReferenceExecutor::Observer observer;
+  std::vector<bool> observed;                 // per step
+  size_t prefix_steps = 0;                    // > 0 while forward_prefix runs
+
+  // Runs steps 0..n_steps-1 on `env`; `staged` caches are updated (caller decides to commit).
+  Status run_steps(std::vector<at::Tensor>& env, std::vector<KV>& staged, size_t n_steps);
 
   int64_t cached_tokens() const {
     return caches.empty() || !caches[0].k.defined() ? 0 : caches[0].k.size(2);
@@ -735,6 +760,7 @@ Result<ReferenceExecutor> ReferenceExecutor::create(const ir::Graph& graph, cons
     // Initializers first; a graph input with the same name overrides it when fed (IR < 4 style).
     for (const auto& [name, t] : graph.initializers) {
       const int id = new_slot(name);
+      m.initializer_slots.emplace(name, id);
       try {
         m.constants[id] = to_aten(t);
       } catch (const OpError& e) {
@@ -880,30 +906,8 @@ Result<std::vector<ir::Tensor>> ReferenceExecutor::run(const std::map<std::strin
       }
     }
     std::vector<KV> staged = m.caches;
-    RunCtx ctx{m.cached_tokens(), staged, m.opset};
-    Tensors in, out;
-    for (const Step& st : m.steps) {
-      in.clear();
-      for (size_t j = 0; j < st.in.size(); ++j) {
-        const int s = st.in[j];
-        if (s >= 0 && !env[s].defined())
-          return Internal(node_label(st.node) + ": input '" + st.node.inputs[j] + "' was not computed");
-        in.push_back(s >= 0 ? env[s] : at::Tensor());
-      }
-      out.assign(st.out.size(), at::Tensor());
-      try {
-        st.fn(ctx, st, in, out);
-      } catch (const OpError& e) {
-        return Status(e.code, node_label(st.node) + ": " + e.what());
-      } catch (const c10::Error& e) {
-        return BadInput(node_label(st.node) + ": " + e.what_without_backtrace());
-      } catch (const std::exception& e) {
-        return BadInput(node_label(st.node) + ": " + e.what());
-      }
-      for (size_t j = 0; j < st.out.size(); ++j)
-        if (st.out[j] >= 0) env[st.out[j]] = std::move(out[j]);
-      for (int s : st.release) env[s].reset();
-    }
+    KERF_RETURN_IF_ERROR(m.run_steps(env, staged, m.prefix_steps > 0 ? m.prefix_steps : m.steps.size()));
+    if (m.prefix_steps > 0) return std::vector<ir::Tensor>{};  // forward_prefix: no outputs, no commit
     std::vector<ir::Tensor> result;
     result.reserve(m.output_slots.size());
     for (size_t i = 0; i < m.output_slots.size(); ++i) {
@@ -919,6 +923,105 @@ Result<std::vector<ir::Tensor>> ReferenceExecutor::run(const std::map<std::strin
     return Internal(std::string("reference executor: ") + e.what_without_backtrace());
   } catch (const std::exception& e) {
     return Internal(std::string("reference executor: ") + e.what());
+  }
+}
+
+Status ReferenceExecutor::Impl::run_steps(std::vector<at::Tensor>& env, std::vector<KV>& staged, size_t n_steps) {
+  RunCtx ctx{cached_tokens(), staged, opset};
+  Tensors in, out;
+  for (size_t i = 0; i < n_steps && i < steps.size(); ++i) {
+    const Step& st = steps[i];
+    in.clear();
+    for (size_t j = 0; j < st.in.size(); ++j) {
+      const int s = st.in[j];
+      if (s >= 0 && !env[s].defined())
+        return Internal(node_label(st.node) + ": input '" + st.node.inputs[j] + "' was not computed");
+      in.push_back(s >= 0 ? env[s] : at::Tensor());
+    }
+    out.assign(st.out.size(), at::Tensor());
+    const bool obs = observer && i < observed.size() && observed[i];
+    ctx.observer = obs ? &observer : nullptr;
+    ctx.step_index = i;
+    try {
+      if (obs && !in.empty() && in[0].defined()) observe(ctx, st.node.name, "x", in[0]);
+      st.fn(ctx, st, in, out);
+    } catch (const OpError& e) {
+      return Status(e.code, node_label(st.node) + ": " + e.what());
+    } catch (const c10::Error& e) {
+      return BadInput(node_label(st.node) + ": " + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      return BadInput(node_label(st.node) + ": " + e.what());
+    }
+    for (size_t j = 0; j < st.out.size(); ++j)
+      if (st.out[j] >= 0) env[st.out[j]] = std::move(out[j]);
+    for (int s : st.release) env[s].reset();
+  }
+  return Status::Ok();
+}
+
+void ReferenceExecutor::set_observer(Observer obs, std::vector<size_t> node_indices) {
+  Impl& m = *impl_;
+  m.observer = std::move(obs);
+  m.observed.assign(m.steps.size(), false);
+  for (size_t i : node_indices) {
+    if (i >= m.steps.size()) continue;
+    const ir::Node& n = m.steps[i].node;
+    if (n.domain == "kerf" && (n.op == "Linear" || n.op == "GatedFFN")) m.observed[i] = true;
+  }
+}
+
+int64_t ReferenceExecutor::node_index(const std::string& name) const {
+  for (size_t i = 0; i < impl_->steps.size(); ++i)
+    if (impl_->steps[i].node.name == name) return static_cast<int64_t>(i);
+  return -1;
+}
+const std::string& ReferenceExecutor::node_name(size_t i) const { return impl_->steps.at(i).node.name; }
+const std::string& ReferenceExecutor::node_op(size_t i) const { return impl_->steps.at(i).node.op; }
+const std::vector<std::string>& ReferenceExecutor::node_inputs(size_t i) const { return impl_->steps.at(i).node.inputs; }
+
+Status ReferenceExecutor::forward_prefix(const std::vector<int64_t>& tokens, size_t last_node) {
+  Impl& m = *impl_;
+  if (last_node >= m.steps.size())
+    return InvalidArgument("forward_prefix: node " + std::to_string(last_node) + " is beyond the " +
+                           std::to_string(m.steps.size()) + " nodes of the graph");
+  m.prefix_steps = last_node + 1;
+  auto r = forward_tokens(tokens);
+  m.prefix_steps = 0;
+  return r.ok() ? Status::Ok() : r.status();
+}
+
+Status ReferenceExecutor::set_weight(const std::string& name, const std::vector<float>& values) {
+  Impl& m = *impl_;
+  auto it = m.initializer_slots.find(name);
+  if (it == m.initializer_slots.end()) return InvalidArgument("set_weight: '" + name + "' is not an initializer");
+  at::Tensor& cur = m.constants[it->second];
+  if (cur.numel() != static_cast<int64_t>(values.size()))
+    return InvalidArgument("set_weight: '" + name + "' has " + std::to_string(cur.numel()) + " elements, got " +
+                           std::to_string(values.size()));
+  try {
+    c10::InferenceMode guard;
+    at::Tensor t = at::empty(cur.sizes(), at::kFloat);
+    std::memcpy(t.data_ptr<float>(), values.data(), values.size() * sizeof(float));
+    cur = t;
+  } catch (const c10::Error& e) {
+    return Internal(std::string("set_weight: ") + e.what_without_backtrace());
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<float>> ReferenceExecutor::weight(const std::string& name, std::vector<int64_t>* shape) const {
+  const Impl& m = *impl_;
+  auto it = m.initializer_slots.find(name);
+  if (it == m.initializer_slots.end()) return InvalidArgument("weight: '" + name + "' is not an initializer");
+  try {
+    c10::InferenceMode guard;
+    at::Tensor t = m.constants[it->second].to(at::kFloat).contiguous();
+    if (shape) shape->assign(t.sizes().begin(), t.sizes().end());
+    std::vector<float> v(static_cast<size_t>(t.numel()));
+    if (!v.empty()) std::memcpy(v.data(), t.data_ptr<float>(), v.size() * sizeof(float));
+    return v;
+  } catch (const c10::Error& e) {
+    return Internal(std::string("weight: ") + e.what_without_backtrace());
   }
 }
 
@@ -946,6 +1049,8 @@ Result<std::vector<float>> ReferenceExecutor::forward_tokens(const std::vector<i
     feed[name] = std::move(t);
   }
   KERF_ASSIGN_OR_RETURN(std::vector<ir::Tensor> outs, run(feed));
+  if (m.prefix_steps > 0) return std::vector<float>{};  // forward_prefix
+  if (outs.empty()) return Internal("forward_tokens: the graph produced no outputs");
   const ir::Tensor& lg = outs[0];
   if (lg.dtype != DType::kF32 || lg.shape.size() != 3 || lg.shape[0] != 1 ||
       lg.shape[1] != static_cast<int64_t>(tokens.size()))

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -97,6 +98,43 @@ class ReferenceExecutor {
   size_t num_nodes() const;
   /// The thread count this executor sets before running.
   int num_threads() const;
+
+  // ---- Calibration hooks (quant/calib): observe Linear inputs, run a prefix, replace weights.
+
+  /// One observed activation: float32, row-major [rows, cols] (rows = B*T tokens, cols = features),
+  /// valid only during the observer call.
+  struct Observation {
+    const std::string* node_name = nullptr;  ///< the node (lifted graphs: e.g. "layers.0.wq")
+    size_t node_index = 0;                   ///< index among the executed nodes (see node_index())
+    const char* what = "";                   ///< "x": the node's first input (Linear / GatedFFN input);
+                                             ///< "ffn_hidden": GatedFFN's act(x W1^T) * (x W3^T), the w2 input
+    const float* data = nullptr;
+    int64_t rows = 0, cols = 0;
+  };
+  using Observer = std::function<void(const Observation&)>;
+  /// Calls `obs` during every later run() for the kerf.Linear and kerf.GatedFFN nodes whose index
+  /// is in `node_indices` (before the node computes; GatedFFN also reports "ffn_hidden").
+  /// An empty `obs` removes the observer.
+  void set_observer(Observer obs, std::vector<size_t> node_indices);
+  /// Index of the executed node named `name`, or -1.
+  int64_t node_index(const std::string& name) const;
+  /// Node name / op of executed node i (i < num_nodes()).
+  const std::string& node_name(size_t i) const;
+  const std::string& node_op(size_t i) const;
+  /// Input names of executed node i.
+  const std::vector<std::string>& node_inputs(size_t i) const;
+  /// Runs the token-level forward (as forward_tokens) but only nodes 0..last_node inclusive, for
+  /// the observer's sake; returns nothing and leaves the KV caches unchanged.
+  /// Errors: as forward_tokens; InvalidArgument when last_node >= num_nodes().
+  Status forward_prefix(const std::vector<int64_t>& tokens, size_t last_node);
+
+  /// Replaces initializer `name` by float32 `values` (row-major, same element count as the
+  /// initializer; the initializer's shape is kept). Used to run the model with quantized weights.
+  /// Errors: InvalidArgument for an unknown name or a size mismatch.
+  Status set_weight(const std::string& name, const std::vector<float>& values);
+  /// The current value of initializer `name` as float32 (row-major) and its shape.
+  /// Errors: InvalidArgument for an unknown name.
+  Result<std::vector<float>> weight(const std::string& name, std::vector<int64_t>* shape = nullptr) const;
 
   // A batched forward of several sequences (padding + per-sequence positions) is a planned
   // extension: the caches are already [B, G, P, Dh] and run() accepts any batch size.

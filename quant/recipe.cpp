@@ -35,12 +35,6 @@ fmt::DType storage_of(ir::DType t) {
   }
 }
 
-struct Use {
-  std::string tensor;
-  std::string node;  // first node using it
-  bool linear = false, embedding = false;
-};
-
 Result<QuantTensor> store(const std::vector<float>& w, int64_t rows, int64_t cols, fmt::DType t, int g) {
   switch (t) {
     case fmt::DType::kQ4Asym: return quantize_q4_asym_rtn(w.data(), rows, cols, g);
@@ -57,11 +51,8 @@ Status validate(const QuantOptions& o) {
   return Status::Ok();
 }
 
-Result<QuantizedModel> quantize_graph_rtn(const ir::Graph& g, const QuantOptions& opt) {
-  KERF_RETURN_IF_ERROR(validate(opt));
-
-  // 1. Collect the weight-matrix inputs of lifted ops, in first-use order.
-  std::vector<Use> uses;
+Result<std::vector<WeightUse>> enumerate_weights(const ir::Graph& g) {
+  std::vector<WeightUse> uses;
   std::map<std::string, size_t> index;
   auto note = [&](const ir::Node& n, size_t slot, bool is_embedding) -> Status {
     const std::string where = "node '" + n.name + "' (" + n.qualified_op() + ")";
@@ -83,7 +74,12 @@ Result<QuantizedModel> quantize_graph_rtn(const ir::Graph& g, const QuantOptions
     auto it = index.find(t);
     if (it == index.end()) {
       it = index.emplace(t, uses.size()).first;
-      uses.push_back(Use{t, n.name, false, false});
+      WeightUse u;
+      u.tensor = t;
+      u.node = n.name;
+      u.rows = c->shape[0];
+      u.cols = c->shape[1];
+      uses.push_back(u);
     }
     (is_embedding ? uses[it->second].embedding : uses[it->second].linear) = true;
     return Status::Ok();
@@ -106,23 +102,46 @@ Result<QuantizedModel> quantize_graph_rtn(const ir::Graph& g, const QuantOptions
                         std::to_string(w2[0]) + "," + std::to_string(w2[1]) + "] disagree (want [F,D],[F,D],[D,F])");
     }
   }
+  return uses;
+}
+
+std::vector<TensorPlan> kept_initializers(const ir::Graph& g, const std::vector<WeightUse>& weights) {
+  std::set<std::string> listed;
+  for (const WeightUse& u : weights) listed.insert(u.tensor);
+  std::vector<TensorPlan> kept;
+  for (const ir::Node& n : g.nodes)
+    for (const std::string& in : n.inputs) {
+      if (in.empty() || listed.count(in) || !g.is_constant(in)) continue;
+      listed.insert(in);
+      TensorPlan k;
+      k.name = in;
+      k.dtype = storage_of(g.constant(in)->dtype);
+      k.method = "none";
+      k.role = (n.op == "RMSNorm" || n.op == "LayerNorm") ? "norm" : "other";
+      kept.push_back(std::move(k));
+    }
+  return kept;
+}
+
+Result<QuantizedModel> quantize_graph_rtn(const ir::Graph& g, const QuantOptions& opt) {
+  KERF_RETURN_IF_ERROR(validate(opt));
+  KERF_ASSIGN_OR_RETURN(std::vector<WeightUse> uses, enumerate_weights(g));
 
   // 2. Decide and quantize each one.
   QuantizedModel m;
   BpwAccount account;
-  for (const Use& u : uses) {
+  for (const WeightUse& u : uses) {
     const ir::Tensor& c = *g.constant(u.tensor);
     TensorPlan p;
     p.name = u.tensor;
     p.rows = c.shape[0];
     p.cols = c.shape[1];
     int group = 0;
+    p.role = u.role();
     if (u.embedding) {
-      p.role = u.linear ? "embedding+classifier" : "embedding";
       p.dtype = opt.embedding_dtype;
       group = opt.embedding_group;
     } else {
-      p.role = "linear";
       p.dtype = opt.linear_dtype;
       group = opt.group_size;
     }
@@ -143,19 +162,7 @@ Result<QuantizedModel> quantize_graph_rtn(const ir::Graph& g, const QuantOptions
   m.weight_bits = account.weight_bits();
   m.bpw = account.bpw();
 
-  // 3. List every other initializer read by a node: left as it is.
-  std::set<std::string> listed;
-  for (const ir::Node& n : g.nodes)
-    for (const std::string& in : n.inputs) {
-      if (in.empty() || index.count(in) || listed.count(in) || !g.is_constant(in)) continue;
-      listed.insert(in);
-      TensorPlan k;
-      k.name = in;
-      k.dtype = storage_of(g.constant(in)->dtype);
-      k.method = "none";
-      k.role = (n.op == "RMSNorm" || n.op == "LayerNorm") ? "norm" : "other";
-      m.kept.push_back(std::move(k));
-    }
+  m.kept = kept_initializers(g, uses);
   return m;
 }
 

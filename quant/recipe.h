@@ -33,6 +33,11 @@ struct TensorPlan {
   int64_t rows = 0, cols = 0;              ///< matrix shape (kept tensors: 0)
   int64_t bits = 0;                        ///< logical bits counted in bpw (kept tensors: 0)
   double rel_rms_error = 0.0;              ///< ||W - dequant(Q)||_F / ||W||_F (kept tensors: 0)
+  uint32_t flags = 0;                      ///< TensorEntry flags (generic quantized dtypes)
+  std::string precision;                   ///< quant/qspec.h text form, e.g. "int4_asym:g32" (empty: legacy RTN)
+  double output_error = -1.0;              ///< tr(D H D^T) / tr(W H W^T) on calibration inputs (-1: not measured)
+  double sensitivity = -1.0;               ///< mixed precision: measured KL when only this tensor is quantized (-1: not measured)
+  std::string note;                        ///< e.g. "awq alpha 0.35 folded into layers.0.attn_norm.weight"
 };
 
 /// Baseline recipe options. linear_dtype / embedding_dtype: kQ4Asym, kQ8Sym, kF16 or kF32.
@@ -53,6 +58,26 @@ struct QuantizedModel {
   int64_t weight_count = 0;                    ///< weights in the planned matrices (tied once)
   int64_t weight_bits = 0;                     ///< logical bits of those matrices
 };
+
+/// One weight matrix of a lifted graph, as enumerate_weights() finds it.
+struct WeightUse {
+  std::string tensor;        ///< initializer name
+  std::string node;          ///< first node using it
+  bool linear = false;       ///< read as a Linear / GatedFFN weight
+  bool embedding = false;    ///< read as an Embedding table
+  int64_t rows = 0, cols = 0;
+  /// "linear", "embedding", "embedding+classifier" (a tied table)
+  std::string role() const { return embedding ? (linear ? "embedding+classifier" : "embedding") : "linear"; }
+};
+
+/// The weight-matrix inputs of the lifted ops (kerf.Linear weight, kerf.GatedFFN w1 / w3 / w2,
+/// kerf.Embedding table) in first-use order, each once. Errors: kBadInput naming the node and
+/// tensor for a missing / non-initializer / non-2-D / non-float / empty weight or GatedFFN shapes
+/// that disagree.
+Result<std::vector<WeightUse>> enumerate_weights(const ir::Graph& lifted);
+
+/// Every other initializer read by a node (norm weights, tables), as "kept" plan entries.
+std::vector<TensorPlan> kept_initializers(const ir::Graph& lifted, const std::vector<WeightUse>& weights);
 
 /// Checks the options (dtypes and group sizes valid for their dtypes). kInvalidArgument otherwise.
 Status validate(const QuantOptions& options);

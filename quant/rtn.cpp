@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "compiler/ir/ir.h"
+#include "quant/qspec.h"
 
 namespace kerf::quant {
 namespace {
@@ -47,23 +49,39 @@ void put_u16(uint8_t* p, uint16_t v) {
 }
 uint16_t get_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 
+std::string hex(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%x", v);
+  return buf;
+}
+
 }  // namespace
 
-Result<uint64_t> payload_bytes(fmt::DType dtype, int64_t rows, int64_t cols, int64_t group_size) {
+Result<uint64_t> payload_bytes(fmt::DType dtype, int64_t rows, int64_t cols, int64_t group_size, uint32_t flags) {
   KERF_RETURN_IF_ERROR(check_shape(rows, cols));
   const auto r = static_cast<uint64_t>(rows), c = static_cast<uint64_t>(cols);
+  if (!fmt::qflags_valid(dtype, flags))
+    return InvalidArgument(std::string(fmt::dtype_name(dtype)) + ": flags 0x" + hex(flags) + " are invalid" +
+                           (fmt::dtype_is_generic_quant(dtype) ? " (bits 2..8 for qsym / qasym, 0 for ternary / binary; "
+                                                                 "scale format 0 = f16 or 1 = k6)"
+                                                               : " (must be 0 for this dtype)"));
   switch (dtype) {
     case fmt::DType::kQ4Asym:
     case fmt::DType::kQ8Sym:
+    case fmt::DType::kQSym:
+    case fmt::DType::kQAsym:
+    case fmt::DType::kTernary:
+    case fmt::DType::kBinary:
       if (group_size < 1)
         return InvalidArgument(std::string(fmt::dtype_name(dtype)) + ": group size " +
                                std::to_string(group_size) + " must be >= 1");
-      return fmt::quant_payload_bytes(dtype, r, c, static_cast<uint64_t>(group_size));
+      return fmt::quant_payload_bytes(dtype, r, c, static_cast<uint64_t>(group_size), flags);
     case fmt::DType::kF16: return r * c * 2;
     case fmt::DType::kF32: return r * c * 4;
     default:
       return InvalidArgument(std::string("dtype ") + fmt::dtype_name(dtype) +
-                             " is not a weight-matrix storage type (q4_asym, q8_sym, f16, f32)");
+                             " is not a weight-matrix storage type (q4_asym, q8_sym, qsym, qasym, ternary, binary, "
+                             "f16, f32)");
   }
 }
 
@@ -200,12 +218,17 @@ Result<QuantTensor> store_plain(const float* w, int64_t rows, int64_t cols, fmt:
 }
 
 Result<std::vector<float>> dequantize(const QuantTensor& q) {
-  auto want = payload_bytes(q.dtype, q.rows, q.cols, q.group_size);
+  auto want = payload_bytes(q.dtype, q.rows, q.cols, q.group_size, q.flags);
   if (!want.ok()) return want.status().with_context("dequantize");
   if (q.payload.size() != *want)
     return InvalidArgument(std::string("dequantize: ") + fmt::dtype_name(q.dtype) + " [" + std::to_string(q.rows) +
                            ", " + std::to_string(q.cols) + "] g " + std::to_string(q.group_size) + ": payload has " +
                            std::to_string(q.payload.size()) + " bytes, expected " + std::to_string(*want));
+  if (fmt::dtype_is_generic_quant(q.dtype)) {
+    auto u = unpack(q);
+    if (!u.ok()) return u.status().with_context("dequantize");
+    return dequantize(*u);
+  }
   const int64_t rows = q.rows, cols = q.cols;
   std::vector<float> out(static_cast<size_t>(rows * cols));
   const uint8_t* p = q.payload.data();

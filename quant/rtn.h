@@ -25,8 +25,12 @@ namespace kerf::quant {
 ///   kQ4Asym: u8 codes [rows][ceil(cols/2)] (element c in byte c/2, low nibble when c even), then
 ///            f16 scale [rows][ng], then f16 min [rows][ng];  w = code * scale + min, code 0..15.
 ///   kQ8Sym:  i8 codes [rows][cols], then f16 scale [rows][ng];  w = code * scale, code -127..127.
+///   kQSym / kQAsym / kTernary / kBinary (format 1.1): the layouts of kerf/format.h with `flags`
+///            (code bits, fp16 or kK6 group parameters); produced by quant/qspec.h (pack,
+///            quantize_rtn).
 ///   kF16:    f16 [rows][cols] (plain, group_size 0).   kF32: f32 [rows][cols] (plain, group_size 0).
-/// f16/f32 values are little-endian. payload.size() == payload_bytes(dtype, rows, cols, group_size).
+/// f16/f32 values are little-endian.
+/// payload.size() == payload_bytes(dtype, rows, cols, group_size, flags).
 /// `group_size` is the g that was used (>= 1) for quantized dtypes: a per-row Q8 tensor records
 /// g = cols, so ng = ceil(cols / g) is always well defined for readers.
 struct QuantTensor {
@@ -37,11 +41,12 @@ struct QuantTensor {
   std::vector<uint8_t> payload;
 };
 
-/// Bytes of the payload of a [rows, cols] tensor of `dtype`: fmt::quant_payload_bytes() for the
-/// quantized dtypes, rows * cols * elem_size for kF16 / kF32. Errors (kInvalidArgument): rows or
-/// cols < 1, g < 1 for a quantized dtype, a dtype other than kQ4Asym / kQ8Sym / kF16 / kF32, or a
-/// size beyond 2^40 elements.
-Result<uint64_t> payload_bytes(fmt::DType dtype, int64_t rows, int64_t cols, int64_t group_size);
+/// Bytes of the payload of a [rows, cols] tensor of `dtype` with TensorEntry `flags` (generic
+/// dtypes; 0 for the others): fmt::quant_payload_bytes() for the quantized dtypes,
+/// rows * cols * elem_size for kF16 / kF32. Errors (kInvalidArgument): rows or cols < 1, g < 1 for
+/// a quantized dtype, a dtype other than kQ4Asym / kQ8Sym / kQSym / kQAsym / kTernary / kBinary /
+/// kF16 / kF32, flags that fmt::qflags_valid() rejects, or a size beyond 2^40 elements.
+Result<uint64_t> payload_bytes(fmt::DType dtype, int64_t rows, int64_t cols, int64_t group_size, uint32_t flags = 0);
 
 /// RTN INT4 asymmetric (min/max), llama.cpp Q4_1 convention with groups of `group_size` along cols.
 /// Per group: scale = (max - min) / 15 and min = group min, both rounded to fp16 first; then
@@ -67,9 +72,11 @@ Result<QuantTensor> quantize_q8_sym_rtn(const float* w, int64_t rows, int64_t co
 Result<QuantTensor> store_plain(const float* w, int64_t rows, int64_t cols, fmt::DType dtype);
 
 /// Reference dequantization (scalar, straightforward): float32 [rows * cols] row-major, each value
-/// computed in float as code * scale + min (kQ4Asym) or code * scale (kQ8Sym).
-/// Errors (kInvalidArgument): an unsupported dtype, bad sizes or group size, or a payload whose
-/// size differs from payload_bytes(); kBadInput for a Q8 code of -128.
+/// computed in float as code * scale + min (kQ4Asym) or code * scale (kQ8Sym); generic dtypes via
+/// quant/qspec.h unpack() and dequantize_value() (s * q (+ m), kK6 s = d * sc), i.e. exactly what
+/// the runtime must compute.
+/// Errors (kInvalidArgument): an unsupported dtype, bad sizes, group size or flags, or a payload
+/// whose size differs from payload_bytes(); kBadInput for a Q8 code of -128.
 Result<std::vector<float>> dequantize(const QuantTensor& q);
 
 /// Relative RMS error sqrt(sum (a - b)^2 / sum a^2) of `approx` against `ref` (n elements each);

@@ -9,6 +9,10 @@
 
 #include "compiler/pipeline/emit.h"
 #include "compiler/pipeline/model_io.h"
+#include "compiler/pipeline/recipe_file.h"
+#include "kerf/xxh64.h"
+#include "quant/calib/calibrate.h"
+#include "quant/calib/mixed.h"
 #include "distill/reference.h"
 #include "formats/onnx/onnx_import.h"
 #include "passes/registry.h"
@@ -29,6 +33,203 @@ std::string recipe_name(const quant::QuantOptions& q) {
     s += q.embedding_group ? " g" + std::to_string(q.embedding_group) : " per-row";
   return s;
 }
+std::string hex64(uint64_t v) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+/// The candidates of a bpw budget given on the command line without a recipe.
+std::vector<std::string> default_candidates() {
+  return {"int2_asym:g32:k6", "int3_sym:g32:k6", "int3_asym:g32:k6", "int4_sym:g32:k6",
+          "int4_asym:g32:k6", "int5_sym:g32:k6", "int6_sym:g32:k6", "int8_sym:g32:k6"};
+}
+
+/// Builds the effective recipe from the file (if any) and the command-line overrides.
+Result<Recipe> effective_recipe(const CompileOptions& opt) {
+  Recipe r;
+  if (!opt.recipe_path.empty()) {
+    KERF_ASSIGN_OR_RETURN(r, parse_recipe_file(opt.recipe_path));
+  } else {
+    r.name = "command line";
+    r.default_choice.spec = quant::QSpec{quant::QKind::kAsym, 4, 32, fmt::ScaleFormat::kF16};
+    r.default_choice.method = quant::Method::kGptq;
+    r.default_choice.rule = quant::ParamRule::kSearch;
+    RecipeOverride emb;
+    emb.match = "embedding";
+    emb.choice.spec = quant::QSpec{quant::QKind::kSym, 8, 0, fmt::ScaleFormat::kF16};
+    emb.choice.method = quant::Method::kRtn;
+    emb.choice.rule = quant::ParamRule::kSearch;
+    r.overrides.push_back(emb);
+  }
+  if (!opt.method.empty()) {
+    KERF_ASSIGN_OR_RETURN(r.default_choice.method, quant::parse_method(opt.method));
+  }
+  if (!opt.linear_spec.empty()) {
+    auto q = quant::parse_qspec(opt.linear_spec);
+    if (!q.ok()) return q.status().with_context("--linear");
+    r.default_choice.spec = *q;
+  }
+  const std::string emb_spec = !opt.embedding_spec.empty() ? opt.embedding_spec : opt.embedding_spec_if_calibrated;
+  if (!emb_spec.empty()) {
+    auto q = quant::parse_qspec(emb_spec);
+    if (!q.ok()) return q.status().with_context("--embedding");
+    bool done = false;
+    for (auto& o : r.overrides)
+      if (o.match == "embedding") {
+        o.choice.spec = *q;
+        done = true;
+      }
+    if (!done) {
+      RecipeOverride emb;
+      emb.match = "embedding";
+      emb.choice = r.default_choice;
+      emb.choice.method = quant::Method::kRtn;
+      emb.choice.spec = *q;
+      r.overrides.insert(r.overrides.begin(), emb);
+    }
+  }
+  if (opt.bpw > 0) {
+    r.mixed = true;
+    r.mixed_bpw = opt.bpw;
+  }
+  if (r.mixed && r.candidates.empty())
+    for (const auto& c : default_candidates()) {
+      quant::TensorChoice ch = r.default_choice;
+      ch.spec = *quant::parse_qspec(c);
+      r.candidates.push_back(ch);
+    }
+  if (opt.strict) r.strict = true;
+  return r;
+}
+
+/// Tokenizes the calibration stories: BOS + text, truncated to max_seq, stopping at the token cap.
+Result<std::vector<std::vector<int64_t>>> calibration_sequences(const std::string& path, StoryRange range, int64_t cap,
+                                                                const std::vector<uint8_t>& tokenizer, int64_t vocab,
+                                                                int64_t max_seq, std::string* source) {
+  KERF_ASSIGN_OR_RETURN(auto all, read_stories(path));
+  KERF_ASSIGN_OR_RETURN(auto stories, select_stories(all, range, path));
+  std::vector<std::vector<int64_t>> seqs;
+  int64_t total = 0;
+  for (const std::string& st : stories) {
+    KERF_ASSIGN_OR_RETURN(std::vector<int64_t> ids, tokenize_text(tokenizer, vocab, st));
+    if (static_cast<int64_t>(ids.size()) > max_seq) ids.resize(static_cast<size_t>(max_seq));
+    if (cap > 0 && total + static_cast<int64_t>(ids.size()) > cap) ids.resize(static_cast<size_t>(std::max<int64_t>(cap - total, 0)));
+    if (ids.size() < 2) break;
+    total += static_cast<int64_t>(ids.size());
+    seqs.push_back(std::move(ids));
+    if (cap > 0 && total >= cap) break;
+  }
+  if (seqs.empty()) return BadInput(path + ": no calibration tokens in stories " + std::to_string(range.begin) + ":" + std::to_string(range.end));
+  *source = path + " stories " + std::to_string(range.begin) + ":" + std::to_string(range.begin + static_cast<int>(seqs.size())) +
+            " (" + std::to_string(seqs.size()) + " sequences, " + std::to_string(total) + " tokens)";
+  return seqs;
+}
+
+Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const std::vector<uint8_t>& tokenizer, int64_t vocab,
+                          CompileSummary* s, std::map<std::string, std::string>* meta) {
+  KERF_ASSIGN_OR_RETURN(Recipe r, effective_recipe(opt));
+  s->calibrated = true;
+  s->recipe_hash = opt.recipe_path.empty() ? 0 : r.hash;
+  auto progress = [&](const std::string& line) {
+    if (opt.progress) std::fprintf(stderr, "%s\n", line.c_str());
+  };
+  KERF_ASSIGN_OR_RETURN(std::vector<quant::WeightUse> uses, quant::enumerate_weights(lifted));
+  std::vector<std::string> unmatched;
+  std::map<std::string, quant::TensorChoice> choices = recipe_choices(r, uses, &unmatched);
+  if (!unmatched.empty() && r.strict)
+    return InvalidArgument("--strict: recipe override '" + unmatched[0] + "' matches no weight matrix");
+
+  // Calibration data.
+  std::vector<std::vector<int64_t>> calib;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!opt.calib_path.empty()) {
+    StoryRange range{0, 128};
+    if (r.calib_stories) range = *r.calib_stories;
+    if (opt.calib_stories) range = *opt.calib_stories;
+    const int64_t cap = opt.calib_tokens >= 0 ? opt.calib_tokens : r.calib_tokens;
+    int64_t max_seq = 512;
+    auto ms = lifted.metadata.find("model.max_seq_len");
+    if (ms != lifted.metadata.end()) max_seq = std::stoll(ms->second);
+    KERF_ASSIGN_OR_RETURN(calib, calibration_sequences(opt.calib_path, range, cap, tokenizer, vocab, max_seq, &s->calib_source));
+    std::vector<int64_t> flat;
+    for (const auto& q : calib) flat.insert(flat.end(), q.begin(), q.end());
+    s->calib_hash = xxh64(flat.data(), flat.size() * sizeof(int64_t), 0);
+    progress("calibration: " + s->calib_source);
+  }
+
+  if (r.mixed) {
+    if (calib.empty())
+      return InvalidArgument("a bpw budget needs calibration data to measure sensitivities: pass --calib FILE "
+                             "(e.g. ../shared/text/tinystories_valid_800.txt; stories 0:128 by default)");
+    const auto tm = std::chrono::steady_clock::now();
+    quant::MixedOptions mo;
+    mo.bpw = r.mixed_bpw;
+    mo.candidates = r.candidates;
+    mo.rounds = r.rounds;
+    mo.threads = opt.threads;
+    mo.gptq = r.gptq;
+    mo.progress = progress;
+    for (const auto& u : uses)
+      for (const auto& o : r.overrides)
+        if (recipe_matches(o.match, u)) {
+          mo.fixed[u.tensor] = o.choice;
+          break;
+        }
+    std::vector<std::vector<int64_t>> sens;
+    int64_t n = 0;
+    for (const auto& q : calib) {
+      if (n >= r.sensitivity_tokens) break;
+      std::vector<int64_t> x = q;
+      if (n + static_cast<int64_t>(x.size()) > r.sensitivity_tokens) x.resize(static_cast<size_t>(r.sensitivity_tokens - n));
+      if (x.size() < 2) break;
+      n += static_cast<int64_t>(x.size());
+      sens.push_back(std::move(x));
+    }
+    auto mr = quant::allocate_mixed(lifted, calib, sens, mo);
+    if (!mr.ok()) return mr.status().with_context("mixed precision (" + r.name + ")");
+    choices = mr->choices;
+    s->mixed_log = mr->log;
+    s->mixed_budget = r.mixed_bpw;
+    s->mixed_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tm).count();
+    // Sensitivities into the plan below.
+    for (const auto& [t, sv] : mr->sensitivity) {
+      const auto& ch = choices[t];
+      for (size_t c = 0; c < mo.candidates.size(); ++c)
+        if (quant::to_string(mo.candidates[c]) == quant::to_string(ch)) (*meta)["quant.sensitivity." + t] = std::to_string(sv[c]);
+    }
+  }
+
+  quant::CalibOptions co;
+  co.threads = opt.threads;
+  co.sequential = r.sequential;
+  co.gptq = r.gptq;
+  co.awq = r.awq;
+  co.awq_clip = r.awq_clip;
+  co.progress = progress;
+  const auto tq = std::chrono::steady_clock::now();
+  KERF_ASSIGN_OR_RETURN(s->quant, quant::quantize_calibrated(lifted, choices, calib, co));
+  s->calib_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tq).count();
+  (void)t0;
+  for (auto& p : s->quant.plan) {
+    auto it = meta->find("quant.sensitivity." + p.name);
+    if (it != meta->end()) p.sensitivity = std::stod(it->second);
+    if (r.strict && p.note.find("skipped") != std::string::npos)
+      return InvalidArgument("--strict: weight '" + p.name + "': " + p.note);
+  }
+  meta->clear();
+  if (r.mixed && r.strict && s->quant.bpw > r.mixed_bpw + 1e-9)
+    return InvalidArgument("--strict: allocated " + std::to_string(s->quant.bpw) + " bpw exceeds the budget " + std::to_string(r.mixed_bpw));
+  s->recipe = r.name + (r.mixed ? " (mixed, budget " + std::to_string(r.mixed_bpw).substr(0, 5) + " bpw)" : "");
+  (*meta)["compile.recipe_text"] = r.source_text;
+  if (s->recipe_hash) (*meta)["compile.recipe_hash"] = hex64(s->recipe_hash);
+  if (!calib.empty()) {
+    (*meta)["compile.calib_hash"] = hex64(s->calib_hash);
+    (*meta)["compile.calib_source"] = s->calib_source;
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 const std::vector<std::string>& known_targets() {
@@ -96,9 +297,18 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   }
 
   t0 = std::chrono::steady_clock::now();
-  KERF_ASSIGN_OR_RETURN(s.quant, quant::quantize_graph_rtn(lifted, opt.quant));
+  std::map<std::string, std::string> extra_meta;
+  const bool calibrated = !opt.recipe_path.empty() || opt.bpw > 0 || !opt.linear_spec.empty() ||
+                          !opt.embedding_spec.empty() || !opt.method.empty();
+  if (calibrated) {
+    KERF_RETURN_IF_ERROR(compile_calibrated(opt, lifted, tokenizer, vocab, &s, &extra_meta));
+  } else {
+    if (!opt.calib_path.empty())
+      return InvalidArgument("--calib given but the RTN baseline needs no calibration: add --method, --recipe or --bpw");
+    KERF_ASSIGN_OR_RETURN(s.quant, quant::quantize_graph_rtn(lifted, opt.quant));
+    s.recipe = recipe_name(opt.quant);
+  }
   s.quant_seconds = since(t0);
-  s.recipe = recipe_name(opt.quant);
 
   t0 = std::chrono::steady_clock::now();
   EmitOptions eo;
@@ -107,6 +317,7 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   eo.target = opt.target;
   eo.source_name = std::filesystem::path(opt.model_path).filename().string();
   eo.producer_version = opt.producer_version;
+  eo.extra_meta = std::move(extra_meta);
   KERF_ASSIGN_OR_RETURN(artifact::ArtifactBuilder builder, build_artifact(lifted, s.quant, eo));
   std::string err = builder.write(opt.output_path);
   if (!err.empty()) return IoError(err);
@@ -134,12 +345,33 @@ std::string compile_summary_text(const CompileOptions& opt, const CompileSummary
     os << buf;
   }
   os << "  recipe: " << s.recipe << "\n";
+  if (!s.calib_source.empty()) os << "  calibration: " << s.calib_source << " (hash " << hex64(s.calib_hash) << ")\n";
+  for (const auto& l : s.mixed_log) os << "  allocator: " << l << "\n";
+  if (s.calibrated) {
+    os << "  tensor                               precision          method        shape     bits/w  rel.err  out.err  sens.KL\n";
+    for (const auto& p : s.quant.plan) {
+      auto num = [&](double v) {
+        if (v < 0) return std::string("      -");
+        std::snprintf(buf, sizeof buf, "%7.4f", v);
+        return std::string(buf);
+      };
+      const std::string oe = num(p.output_error), se = num(p.sensitivity);
+      std::snprintf(buf, sizeof buf, "  %-36s %-18s %-13s %-9s %6.3f  %.4f  %s  %s  (%s)", p.name.c_str(),
+                    p.precision.c_str(), p.method.c_str(), (std::to_string(p.rows) + "x" + std::to_string(p.cols)).c_str(),
+                    static_cast<double>(p.bits) / static_cast<double>(p.rows * p.cols), p.rel_rms_error, oe.c_str(),
+                    se.c_str(), p.role.c_str());
+      os << buf;
+      if (!p.note.empty()) os << "  " << p.note;
+      os << "\n";
+    }
+  } else {
   os << "  tensor                                   precision     group  shape        bits/w  rel.err\n";
   for (const auto& p : s.quant.plan) {
     std::snprintf(buf, sizeof buf, "  %-40s %-12s %6d  %-12s %6.3f  %.4f  (%s)\n", p.name.c_str(), fmt::dtype_name(p.dtype),
                   p.group_size, (std::to_string(p.rows) + "x" + std::to_string(p.cols)).c_str(),
                   static_cast<double>(p.bits) / static_cast<double>(p.rows * p.cols), p.rel_rms_error, p.role.c_str());
     os << buf;
+  }
   }
   for (const auto& p : s.quant.kept) {
     std::snprintf(buf, sizeof buf, "  %-40s %-12s (kept: %s, not counted in bpw)\n", p.name.c_str(), "f32", p.role.c_str());
@@ -152,6 +384,11 @@ std::string compile_summary_text(const CompileOptions& opt, const CompileSummary
                 "  compile time: %.2f s (import %.2f, passes %.2f, lift check %.2f, quantize %.2f, write %.2f)\n",
                 s.total_seconds, s.import_seconds, s.passes_seconds, s.verify_seconds, s.quant_seconds, s.write_seconds);
   os << buf;
+  if (s.calibrated) {
+    std::snprintf(buf, sizeof buf, "  quantization wall time: %.2f s (mixed-precision allocation %.2f s, calibrated quantization %.2f s)\n",
+                  s.quant_seconds, s.mixed_seconds, s.calib_seconds);
+    os << buf;
+  }
   return os.str();
 }
 

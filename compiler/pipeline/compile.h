@@ -4,7 +4,10 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
 #include "compiler/ir/status.h"
+#include "compiler/pipeline/text.h"
 #include "quant/recipe.h"
 
 namespace kerf::pipeline {
@@ -18,6 +21,20 @@ struct CompileOptions {
   bool verify_lift = true;           ///< run imported and lifted graphs on a probe and compare logits
   int threads = 0;                   ///< LibTorch threads (0 = all cores)
   std::string producer_version = "0";
+
+  // Calibrated quantization (quant/calib). Used when a recipe, a bpw budget or a calibrated
+  // precision (`linear_spec`) is given; otherwise the RTN baseline of `quant` applies.
+  std::string recipe_path;           ///< YAML recipe (compiler/pipeline/recipe_file.h)
+  std::string linear_spec;           ///< e.g. "int4_asym:g32" (CLI --linear with a qspec text)
+  std::string embedding_spec;        ///< e.g. "int8_sym:row"; selects the calibrated path
+  std::string embedding_spec_if_calibrated;  ///< applied only when another option selects the calibrated path
+  std::string method;                ///< rtn | gptq | awq | awq+gptq (CLI --method)
+  std::string calib_path;            ///< calibration text (stories separated by <|endoftext|>)
+  std::optional<StoryRange> calib_stories;  ///< default: the recipe's, else 0:128
+  int64_t calib_tokens = -1;         ///< cap (-1: the recipe's, 0: none)
+  double bpw = 0;                    ///< mixed-precision budget (0: the recipe's / none)
+  bool strict = false;               ///< fail when the recipe cannot be met exactly
+  bool progress = false;             ///< progress lines on stderr
 };
 
 struct CompileSummary {
@@ -29,6 +46,13 @@ struct CompileSummary {
   double import_seconds = 0, passes_seconds = 0, verify_seconds = 0, quant_seconds = 0, write_seconds = 0,
          total_seconds = 0;
   std::string recipe;
+  bool calibrated = false;           ///< the quant/calib path ran
+  std::string calib_source;          ///< "FILE stories A:B, N sequences, T tokens"
+  uint64_t calib_hash = 0;           ///< XXH64 of the calibration token ids (int64 LE)
+  uint64_t recipe_hash = 0;          ///< XXH64 of the recipe file (0: none)
+  double calib_seconds = 0, mixed_seconds = 0;
+  std::vector<std::string> mixed_log; ///< allocator rounds
+  double mixed_budget = 0;            ///< requested bpw (0: no allocation)
 };
 
 /// Known target names.

@@ -37,6 +37,7 @@ Result<artifact::ArtifactBuilder> build_artifact(const ir::Graph& g, const quant
       rec.dtype = qt->second.dtype;
       rec.shape = {qt->second.rows, qt->second.cols};
       rec.group_size = fmt::dtype_is_quantized(rec.dtype) ? static_cast<uint32_t>(qt->second.group_size) : 0;
+      rec.flags = qt->second.flags;
       rec.payload = qt->second.payload;
     } else {
       const ir::Tensor* t = g.constant(name);
@@ -138,11 +139,17 @@ Result<artifact::ArtifactBuilder> build_artifact(const ir::Graph& g, const quant
   b.add_meta_string("source.file", opt.source_name);
   b.add_meta_float(fmt::meta::kBpw, q.bpw);
   for (const auto& p : q.plan) {
-    std::string desc = std::string(fmt::dtype_name(p.dtype));
-    if (p.group_size) desc += " g" + std::to_string(p.group_size);
-    desc += " " + p.method + " " + p.role;
+    std::string desc;
+    if (!p.precision.empty()) {
+      desc = p.precision + " " + p.method + " " + p.role;
+    } else {
+      desc = std::string(fmt::dtype_name(p.dtype));
+      if (p.group_size) desc += " g" + std::to_string(p.group_size);
+      desc += " " + p.method + " " + p.role;
+    }
     b.add_meta_string("quant.tensor." + p.name, desc);
   }
+  for (const auto& [k, v] : opt.extra_meta) b.add_meta_string(k, v);
   std::string err = b.validate();
   if (!err.empty()) return Internal("artifact does not validate: " + err);
   return b;

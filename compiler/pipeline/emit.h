@@ -17,6 +17,7 @@ struct EmitOptions {
   std::string target = "host";     ///< recorded as "compile.target"
   std::string source_name;         ///< recorded as "source.file"
   std::string producer_version;    ///< recorded as "producer.version"
+  std::map<std::string, std::string> extra_meta;  ///< more string metadata (compile.recipe_text, compile.calib_hash, ...)
 };
 
 /// Builds the artifact of a lifted graph (only kerf ops and Add; one token-id input, logits as

@@ -32,6 +32,10 @@ Result<std::vector<uint8_t>> read_llama2c_tokenizer(const std::string& path, int
 /// beside the model. Errors (kInvalidArgument) say what was found and to pass --tokenizer.
 Result<std::string> find_tokenizer_beside(const std::string& model_path);
 
+/// Tokenizes `text` with a llama2.c tokenizer file's bytes (shared/EVAL.md encoding, BOS first).
+/// Errors: kBadInput for a malformed tokenizer file.
+Result<std::vector<int64_t>> tokenize_text(const std::vector<uint8_t>& tokenizer_file, int64_t vocab, const std::string& text);
+
 /// Vocabulary size of a lifted LM graph: rows of the Embedding table. kBadInput if none.
 Result<int64_t> vocab_size_of(const ir::Graph& lifted);
 

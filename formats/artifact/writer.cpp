@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <new>
 
@@ -43,7 +44,8 @@ std::string op_label(const OpRecord& op, size_t i) {
 bool known_dtype(fmt::DType t) {
   switch (t) {
     case fmt::DType::kF32: case fmt::DType::kF16: case fmt::DType::kBF16: case fmt::DType::kI32:
-    case fmt::DType::kI64: case fmt::DType::kQ8Sym: case fmt::DType::kQ4Asym: return true;
+    case fmt::DType::kI64: case fmt::DType::kQ8Sym: case fmt::DType::kQ4Asym: case fmt::DType::kQSym:
+    case fmt::DType::kQAsym: case fmt::DType::kTernary: case fmt::DType::kBinary: return true;
   }
   return false;
 }
@@ -158,15 +160,22 @@ std::string ArtifactBuilder::validate() const {
     if (!names.emplace(t.name, i).second)
       return label + ": duplicate name (also tensor #" + std::to_string(names[t.name]) + ")";
     if (!known_dtype(t.dtype)) return label + ": unknown dtype " + std::to_string(uint32_t(t.dtype));
+    if (const char* why = fmt::qflags_problem(t.dtype, t.flags)) {
+      char hex[16];
+      std::snprintf(hex, sizeof hex, "0x%08x", unsigned(t.flags));
+      return label + ": invalid flags " + hex + " for dtype " + fmt::dtype_name(t.dtype) + ": " + why;
+    }
     uint64_t want = 0;
     if (t.shape.size() > fmt::kMaxRank ||
-        !fmt::tensor_payload_bytes(t.dtype, uint32_t(t.shape.size()), t.shape.data(), t.group_size, &want))
+        !fmt::tensor_payload_bytes(t.dtype, uint32_t(t.shape.size()), t.shape.data(), t.group_size, &want, t.flags))
       return label + ": invalid " + fmt::dtype_name(t.dtype) + " shape " + shape_str(t.shape) + " with group_size " +
              std::to_string(t.group_size) + " (rank 1..4, dims >= 1; quantized: rank 2 and group >= 1; plain: group 0)";
-    if (t.payload.size() != want)
-      return label + " (" + fmt::dtype_name(t.dtype) + " " + shape_str(t.shape) +
-             (t.group_size ? ", group " + std::to_string(t.group_size) : std::string()) + "): payload is " +
-             std::to_string(t.payload.size()) + " bytes, expected " + std::to_string(want);
+    if (t.payload.size() != want) {
+      char prec[64];
+      fmt::describe_qtype(t.dtype, t.flags, t.group_size, prec, sizeof prec);
+      return label + " (" + prec + " " + shape_str(t.shape) + "): payload is " + std::to_string(t.payload.size()) +
+             " bytes, expected " + std::to_string(want);
+    }
   }
   for (size_t i = 0; i < values_.size(); ++i)
     if (values_[i].width < 1) return "value #" + std::to_string(i) + " '" + values_[i].name + "': width must be >= 1";
@@ -243,6 +252,7 @@ std::vector<uint8_t> ArtifactBuilder::serialize(std::string* err) const {
       te.rank = uint32_t(t.shape.size());
       for (size_t d = 0; d < t.shape.size(); ++d) te.shape[d] = t.shape[d];
       te.group_size = t.group_size;
+      te.flags = t.flags;
       te.offset = align_up(data_size, fmt::kTensorAlign);
       te.size = t.payload.size();
       te.hash = xxh64(t.payload.data(), t.payload.size());

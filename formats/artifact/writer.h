@@ -1,4 +1,4 @@
-// The .kerf v1 artifact writer (formats/SPEC.md). C++17 standard library + POSIX file calls only:
+// The .kerf v1 artifact writer (formats/SPEC.md; writes format 1.1, fmt::kVersionMinor). C++17 standard library + POSIX file calls only:
 // no IR, no LibTorch, so runtime tests and the compiler share it. Errors are returned as strings
 // (never thrown out of write()/serialize()).
 //
@@ -35,7 +35,11 @@ struct TensorRecord {
   fmt::DType dtype = fmt::DType::kF32;
   std::vector<int64_t> shape;       ///< 1..4 dims, each >= 1; quantized types: [rows, cols]
   uint32_t group_size = 0;          ///< quantized types: group size g >= 1 along cols; plain: 0
-  std::vector<uint8_t> payload;     ///< exactly fmt::tensor_payload_bytes(dtype, shape, group) bytes
+  std::vector<uint8_t> payload;     ///< exactly fmt::tensor_payload_bytes(dtype, shape, group, flags) bytes
+  /// TensorEntry.flags: quant params of the generic quantized dtypes (qsym, qasym, ternary, binary:
+  /// fmt::make_qflags(bits, scale format)), else 0. Last member so that aggregate initialization
+  /// {name, dtype, shape, group, payload} keeps working.
+  uint32_t flags = 0;
 
   /// Plain tensors from float values: f32 / f16 (round to nearest even) encodings, row-major.
   /// `v.size()` must equal the product of `shape` (checked when the artifact is written).
@@ -87,8 +91,8 @@ class ArtifactBuilder {
   const std::map<std::string, MetaValue>& meta() const { return meta_; }
 
   /// Checks what a writer can check without running the program: metadata keys (non-empty, <= 256
-  /// bytes), tensor names (non-empty, unique), dtype/shape/group valid and payload size == implied
-  /// size, op codes / arity / input kinds (fmt::op_input_kinds), refs and value ids in range, attrs
+  /// bytes), tensor names (non-empty, unique), dtype/shape/group/flags valid (fmt::qflags_valid) and
+  /// payload size == implied size, op codes / arity / input kinds (fmt::op_input_kinds), refs and value ids in range, attrs
   /// keys and kinds, io set and in range. Returns "" when fine, else a message naming the
   /// tensor / op / key.
   std::string validate() const;

@@ -30,6 +30,12 @@ int kerf_model_tensor_info(const kerf_model* m, int index, kerf_tensor_info* out
     self->tensor_names.clear();
     for (const auto& t : m->tensors) self->tensor_names.emplace_back(t.name);
   }
+  if (self->tensor_precisions.size() != m->tensors.size()) {
+    self->tensor_precisions.clear();
+    char prec[64];
+    for (const auto& t : m->tensors)
+      self->tensor_precisions.emplace_back(kerf::fmt::describe_qtype(t.dtype, t.flags, t.group_size, prec, sizeof prec));
+  }
   const auto& t = m->tensors[static_cast<size_t>(index)];
   out->name = self->tensor_names[static_cast<size_t>(index)].c_str();
   out->dtype_name = kerf::fmt::dtype_name(t.dtype);
@@ -38,6 +44,8 @@ int kerf_model_tensor_info(const kerf_model* m, int index, kerf_tensor_info* out
   for (uint32_t i = 0; i < 4; ++i) out->shape[i] = t.shape[i];
   out->group_size = t.group_size;
   out->bytes = t.size;
+  out->flags = t.flags;
+  out->precision = self->tensor_precisions[static_cast<size_t>(index)].c_str();
   return KERF_OK;
 }
 

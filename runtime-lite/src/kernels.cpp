@@ -21,7 +21,147 @@ inline float dot(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
+// Dequantization arithmetic is normative (SPEC section 6.4): the product s * q is rounded to f32
+// before a min is added. Forbid fused multiply-add contraction here, whatever -ffp-contract / -march
+// the build uses, so every target gives the same bits.
+// GCC: an optimize region (pop_options below); clang: a pragma at the start of each function body.
+#if defined(__clang__)
+#define KERF_NO_FP_CONTRACT _Pragma("clang fp contract(off)")
+#else
+#define KERF_NO_FP_CONTRACT
+#if defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+#endif
+
+namespace {
+
+/// 6-bit value i of a kK6 packed array (LSB first, value i at bit offset 6 i).
+inline uint32_t get6(const uint8_t* p, uint64_t i) {
+  const uint64_t bit = 6 * i, k = bit >> 3;
+  const uint32_t sh = uint32_t(bit & 7u);
+  uint32_t v = uint32_t(p[k]) >> sh;
+  if (sh > 2) v |= uint32_t(p[k + 1]) << (8 - sh);  // straddles into the next byte
+  return v & 63u;
+}
+
+/// Five base-3 digits (as q = digit - 1, in float) of every byte; bytes >= 243 decode as byte mod 243.
+struct TernaryLut {
+  float q[256][5];
+  constexpr TernaryLut() : q() {
+    for (int b = 0; b < 256; ++b) {
+      int v = b % 243;
+      for (int t = 0; t < 5; ++t) {
+        q[b][t] = float(v % 3 - 1);
+        v /= 3;
+      }
+    }
+  }
+};
+constexpr TernaryLut kTernaryLut{};
+
+/// Writes the float value of each element's integer q (kQSym: u - 2^(b-1); kQAsym: u; kTernary,
+/// kBinary: -1 / 0 / +1) of one row's codes into out[0..C). Exact: |q| <= 255.
+void decode_codes(fmt::DType t, uint32_t b, const uint8_t* p, uint64_t rb, int64_t C, float* out) {
+  if (t == fmt::DType::kTernary) {
+    const int64_t full = C / 5;
+    for (int64_t k = 0; k < full; ++k) std::memcpy(out + 5 * k, kTernaryLut.q[p[k]], 5 * sizeof(float));
+    for (int64_t c = 5 * full; c < C; ++c) out[c] = kTernaryLut.q[p[full]][c - 5 * full];
+    return;
+  }
+  if (t == fmt::DType::kBinary) {  // bit set: +1, clear: -1 (branch-free: 2 * bit - 1)
+    const int64_t full = C / 8;
+    for (int64_t k = 0; k < full; ++k) {
+      const unsigned v = p[k];
+      for (int e = 0; e < 8; ++e) out[8 * k + e] = float(int((v >> e) & 1u) * 2 - 1);
+    }
+    for (int64_t c = 8 * full; c < C; ++c) out[c] = float(int((p[full] >> (c & 7)) & 1u) * 2 - 1);
+    return;
+  }
+  const int off = t == fmt::DType::kQSym ? (1 << (b - 1)) : 0;
+  if (b == 8) {
+    for (int64_t c = 0; c < C; ++c) out[c] = float(int(p[c]) - off);
+    return;
+  }
+  if (b == 4 || b == 2) {  // fields never straddle bytes: whole bytes, then the tail
+    const int per = 8 / int(b);
+    const unsigned mask = (1u << b) - 1;
+    const int64_t full = C / per;
+    for (int64_t k = 0; k < full; ++k) {
+      const unsigned v = p[k];
+      for (int e = 0; e < per; ++e) out[per * k + e] = float(int((v >> (e * int(b))) & mask) - off);
+    }
+    for (int64_t c = per * full; c < C; ++c)
+      out[c] = float(int((p[full] >> ((c - per * full) * int(b))) & mask) - off);
+    return;
+  }
+  // Any b: a 64-bit little-endian bit buffer, refilled to >= 56 valid bits, drained b bits a code.
+  const uint8_t* end = p + rb;
+  const uint64_t mask = (uint64_t(1) << b) - 1;
+  uint64_t buf = 0;
+  uint32_t n = 0;  // valid bits in buf
+  int64_t c = 0;
+  while (c < C) {
+    if (end - p >= 8) {  // whole-word refill; bits above n are the true next bits, so OR is safe
+      uint64_t v;
+      std::memcpy(&v, p, 8);
+      buf |= v << n;
+      p += (63 - n) >> 3;
+      n |= 56;
+    } else {
+      while (n <= 56 && p < end) {
+        buf |= uint64_t(*p++) << n;
+        n += 8;
+      }
+    }
+    int64_t k = int64_t(n / b);
+    if (k == 0) break;  // cannot happen for a valid payload (rb * 8 >= C * b)
+    if (k > C - c) k = C - c;
+    for (; k > 0; --k, ++c) {
+      out[c] = float(int(buf & mask) - off);
+      buf >>= b;
+      n -= b;
+    }
+  }
+  for (; c < C; ++c) out[c] = 0.f;
+}
+
+/// Generic quantized dtypes (kQSym .. kBinary): decode the codes, then apply each group's parameters.
+void dequant_generic(const WeightView& w, int64_t r, float* out) {
+  KERF_NO_FP_CONTRACT
+  const int64_t C = w.cols, g = w.group, ng = (C + g - 1) / g;
+  const fmt::QLayout L = fmt::qlayout(w.dtype, uint64_t(w.rows), uint64_t(C), uint64_t(g), w.flags);
+  decode_codes(w.dtype, fmt::qflags_bits(w.flags), w.data + uint64_t(r) * L.row_bytes, L.row_bytes, C, out);
+  const bool asym = w.dtype == fmt::DType::kQAsym, k6 = fmt::qflags_scale(w.flags) == fmt::ScaleFormat::kK6;
+  for (int64_t j = 0; j < ng; ++j) {
+    const uint64_t i = uint64_t(r) * uint64_t(ng) + uint64_t(j);  // flat group index
+    float s, m = 0.f;
+    if (k6) {
+      const uint64_t sb = i / fmt::kK6GroupsPerSuper;
+      const float d = fmt::f16_to_f32(rd16(w.data + L.super_scale + 2 * sb));
+      s = d * float(get6(w.data + L.scale, i));
+      if (asym) {
+        const float dm = fmt::f16_to_f32(rd16(w.data + L.super_min + 2 * sb));
+        m = dm * float(get6(w.data + L.min, i));
+      }
+    } else {
+      s = fmt::f16_to_f32(rd16(w.data + L.scale + 2 * i));
+      if (asym) m = fmt::f16_to_f32(rd16(w.data + L.min + 2 * i));
+    }
+    const int64_t c0 = j * g, c1 = C - c0 > g ? c0 + g : C;
+    if (asym) {
+      for (int64_t c = c0; c < c1; ++c) out[c] = s * out[c] + m;
+    } else {
+      for (int64_t c = c0; c < c1; ++c) out[c] = s * out[c];
+    }
+  }
+}
+
+}  // namespace
+
 void dequant_row(const WeightView& w, int64_t r, float* out) {
+  KERF_NO_FP_CONTRACT
   const int64_t C = w.cols;
   switch (w.dtype) {
     case fmt::DType::kF32:
@@ -63,11 +203,22 @@ void dequant_row(const WeightView& w, int64_t r, float* out) {
       }
       return;
     }
+    case fmt::DType::kQSym: case fmt::DType::kQAsym: case fmt::DType::kTernary: case fmt::DType::kBinary:
+      if (fmt::qflags_valid(w.dtype, w.flags) && w.group >= 1) {
+        dequant_generic(w, r, out);
+        return;
+      }
+      for (int64_t c = 0; c < C; ++c) out[c] = 0.f;  // unreachable: the loader rejects bad flags
+      return;
     default:
       for (int64_t c = 0; c < C; ++c) out[c] = 0.f;  // unreachable: the loader rejects other dtypes
       return;
   }
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 void linear(const WeightView& w, const float* x, int64_t T, float* y, float* row_buf) {
   const int64_t N = w.rows, K = w.cols;

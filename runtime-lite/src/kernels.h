@@ -10,7 +10,9 @@
 namespace kerf::rt {
 
 /// Dequantizes row `r` (0 <= r < w.rows) of `w` into out[0..w.cols). Any supported dtype: f32, f16,
-/// bf16, q8_sym, q4_asym (formats/SPEC.md section 6 formulas; partial last group handled).
+/// bf16, q8_sym, q4_asym and the generic qsym / qasym (2..8 bits) / ternary / binary with f16 or k6
+/// group parameters (w.flags). Bit-exact: the f32 expressions of formats/SPEC.md section 6.4 (no
+/// fused multiply-add); partial last groups handled. Reads only the tensor's payload.
 void dequant_row(const WeightView& w, int64_t r, float* out);
 
 /// y[t, n] = sum_k x[t, k] * W[n, k] for t < T, n < w.rows, k < w.cols (x: [T, cols], y: [T, rows]).

@@ -37,6 +37,7 @@ WeightView TensorInfo::view() const {
   w.rows = rank == 1 ? 1 : shape[0];
   w.cols = rank == 1 ? shape[0] : shape[1];
   w.group = group_size;
+  w.flags = flags;
   return w;
 }
 
@@ -283,20 +284,32 @@ int Loader::tensors(uint32_t flags) {
       if (d < e.rank) t.shape[d] = e.shape[d];
       else if (e.shape[d] != 0) dims_ok = false;
     }
+    if (const char* why = fmt::qflags_problem(t.dtype, e.flags)) {
+      // An unknown scale format may be a later minor version's addition: unsupported, not corrupt.
+      const bool unknown_sf = fmt::dtype_is_generic_quant(t.dtype) && (e.flags >> 16) == 0 &&
+                              uint32_t(fmt::qflags_scale(e.flags)) > 1u;
+      return fail(unknown_sf ? KERF_ERR_UNSUPPORTED : KERF_ERR_CORRUPT,
+                  strf("tensor '%.*s' (#%u, table offset %llu): invalid flags 0x%08x for dtype %s: %s", nl, nm, i,
+                       (unsigned long long)eoff, e.flags, fmt::dtype_name(t.dtype), why));
+    }
     uint64_t want = 0;
-    if (!dims_ok || e.flags != 0 || !fmt::tensor_payload_bytes(t.dtype, e.rank, e.shape, e.group_size, &want))
+    if (!dims_ok || !fmt::tensor_payload_bytes(t.dtype, e.rank, e.shape, e.group_size, &want, e.flags))
       return fail(KERF_ERR_CORRUPT, strf("tensor '%.*s' (#%u, table offset %llu): invalid %s rank %u shape [%lld, %lld, %lld, "
-                                         "%lld] group_size %u flags %u", nl, nm, i, (unsigned long long)eoff,
+                                         "%lld] group_size %u flags 0x%08x", nl, nm, i, (unsigned long long)eoff,
                                          fmt::dtype_name(t.dtype), e.rank, (long long)e.shape[0], (long long)e.shape[1],
                                          (long long)e.shape[2], (long long)e.shape[3], e.group_size, e.flags));
     t.group_size = e.group_size;
+    t.flags = e.flags;
     t.offset = e.offset;
     t.size = e.size;
     t.hash = e.hash;
-    if (e.size != want)
+    if (e.size != want) {
+      char prec[64];
+      fmt::describe_qtype(t.dtype, e.flags, e.group_size, prec, sizeof prec);
       return fail(KERF_ERR_CORRUPT, strf("tensor '%.*s' (#%u): payload size %llu bytes does not match its %s shape "
-                                         "(expected %llu bytes)", nl, nm, i, (unsigned long long)e.size,
-                                         fmt::dtype_name(t.dtype), (unsigned long long)want));
+                                         "(expected %llu bytes)", nl, nm, i, (unsigned long long)e.size, prec,
+                                         (unsigned long long)want));
+    }
     if (e.offset % fmt::kTensorAlign != 0)
       return fail(KERF_ERR_CORRUPT, strf("tensor '%.*s' (#%u): payload offset %llu is not %llu-byte aligned", nl, nm, i,
                                          (unsigned long long)e.offset, (unsigned long long)fmt::kTensorAlign));
@@ -474,9 +487,8 @@ int Loader::check_op(OpInfo& op, uint64_t op_off, std::vector<uint8_t>& defined)
   auto w = [&](size_t k) -> const TensorInfo& { return m->tensors[op.inputs[k] & ~fmt::kRefTensorBit]; };
   auto width = [&](size_t k) -> int64_t { return m->values[op.inputs[k]].width; };
   const int64_t out_w = m->values[op.output].width;
-  auto matrix_dtype_ok = [](fmt::DType t) {
-    return t == fmt::DType::kF32 || t == fmt::DType::kF16 || t == fmt::DType::kBF16 || t == fmt::DType::kQ8Sym ||
-           t == fmt::DType::kQ4Asym;
+  auto matrix_dtype_ok = [](fmt::DType t) {  // plain float or any quantized dtype (kernels: dequant_row)
+    return t == fmt::DType::kF32 || t == fmt::DType::kF16 || t == fmt::DType::kBF16 || fmt::dtype_is_quantized(t);
   };
   auto need_matrix = [&](size_t k, int64_t rows, int64_t cols, const char* role) -> int {
     const TensorInfo& t = w(k);
@@ -614,7 +626,11 @@ int load_model(const char* path, uint32_t flags, kerf_model** out, std::string* 
     return rc;
   }
   for (const MetaInfo& mi : m->meta) m->meta_keys.emplace_back(mi.key);  // NUL-terminated copies
-  for (const TensorInfo& t : m->tensors) m->tensor_names.emplace_back(t.name);
+  for (const TensorInfo& t : m->tensors) {
+    m->tensor_names.emplace_back(t.name);
+    char prec[64];
+    m->tensor_precisions.emplace_back(fmt::describe_qtype(t.dtype, t.flags, t.group_size, prec, sizeof prec));
+  }
   *out = m;
   return KERF_OK;
 }

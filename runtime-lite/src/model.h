@@ -15,12 +15,14 @@
 namespace kerf::rt {
 
 /// A weight matrix (or vector, rows = 1) inside the mapping. Plain types are row-major [rows, cols];
-/// quantized ones use the SPEC layouts with group size `group`.
+/// quantized ones use the SPEC layouts with group size `group` (and, for the generic quantized
+/// dtypes, the code bits / scale format in `flags`, fmt::qflags_*).
 struct WeightView {
   fmt::DType dtype = fmt::DType::kF32;
   const uint8_t* data = nullptr;
   int64_t rows = 0, cols = 0;
   uint32_t group = 0;
+  uint32_t flags = 0;  ///< TensorEntry.flags (validated by the loader: fmt::qflags_valid)
 };
 
 struct TensorInfo {
@@ -29,6 +31,7 @@ struct TensorInfo {
   uint32_t rank = 0;
   int64_t shape[fmt::kMaxRank] = {0, 0, 0, 0};
   uint32_t group_size = 0;
+  uint32_t flags = 0;                       ///< TensorEntry.flags (generic quantized dtypes; else 0)
   uint64_t offset = 0, size = 0, hash = 0;  ///< offset relative to the data section
   const uint8_t* data = nullptr;            ///< into the mapping
   /// rank-2 -> [shape0, shape1]; rank-1 -> [1, shape0]
@@ -88,6 +91,7 @@ struct kerf_model {
   kerf::rt::Tokenizer tok;
   std::string piece_buf;  ///< kerf_token_to_piece's per-model buffer (byte pieces)
   std::vector<std::string> meta_keys, tensor_names;  ///< NUL-terminated copies for introspection (filled by the loader)
+  std::vector<std::string> tensor_precisions;        ///< fmt::describe_qtype of each tensor (filled by the loader)
 
   const kerf::rt::MetaInfo* find_meta(std::string_view key) const;
 };

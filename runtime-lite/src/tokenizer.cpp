@@ -1,10 +1,14 @@
 // llama2.c tokenizer (the tok*.bin file stored as metadata bytes "tokenizer.model").
 // Encoding follows shared/tools/export_llama.py encode_llama2c (the EVAL.md protocol); decoding
 // follows llama2.c's decode().
+#include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 
+#include "kerf/tokenizer.h"
 #include "model.h"
+#include "tokenize.h"
 #include "util.h"
 
 namespace kerf::rt {
@@ -68,8 +72,22 @@ extern "C" {
 int kerf_tokenize(const kerf_model* m, const char* text, int add_bos, int32_t* tokens, int max_tokens, int* n_tokens) {
   if (!m || !text || !n_tokens || max_tokens < 0 || (!tokens && max_tokens > 0)) return KERF_ERR_ARGUMENT;
   if (!m->tok.present) return KERF_ERR_UNSUPPORTED;
-  const kerf::rt::Tokenizer& tk = m->tok;
   std::vector<int32_t> ids;
+  kerf::rt::encode(m->tok, m->vocab, text, add_bos != 0, &ids);
+  *n_tokens = int(ids.size());
+  if (int(ids.size()) > max_tokens) {
+    if (max_tokens > 0) std::memcpy(tokens, ids.data(), size_t(max_tokens) * sizeof(int32_t));
+    return KERF_ERR_ARGUMENT;
+  }
+  if (!ids.empty()) std::memcpy(tokens, ids.data(), ids.size() * sizeof(int32_t));
+  return KERF_OK;
+}
+
+}  // extern "C"
+
+void kerf::rt::encode(const Tokenizer& tk, int vocab, const char* text, bool add_bos, std::vector<int32_t>* out) {
+  std::vector<int32_t>& ids = *out;
+  ids.clear();
   const size_t len = std::strlen(text);
   ids.reserve(len + 2);
   if (add_bos) ids.push_back(tk.bos);
@@ -86,7 +104,7 @@ int kerf_tokenize(const kerf_model* m, const char* text, int add_bos, int32_t* t
     } else {
       for (size_t b = 0; b < n; ++b) {
         const int32_t id = int32_t(s[i + b]) + 3;
-        ids.push_back(id < m->vocab ? id : 0);  // byte fallback (id 0 = <unk> if the vocab lacks byte pieces)
+        ids.push_back(id < vocab ? id : 0);  // byte fallback (id 0 = <unk> if the vocab lacks byte pieces)
       }
     }
     i += n;
@@ -111,6 +129,35 @@ int kerf_tokenize(const kerf_model* m, const char* text, int add_bos, int32_t* t
     ids[at] = best_id;
     ids.erase(ids.begin() + std::ptrdiff_t(at) + 1);
   }
+}
+
+struct kerf_tokenizer {
+  kerf::rt::Tokenizer tok;
+  int vocab = 0;
+};
+
+extern "C" {
+
+int kerf_tokenizer_load(const uint8_t* data, size_t size, int vocab, kerf_tokenizer** out, char* err, size_t err_size) {
+  if (!data || !out || vocab < 1) return KERF_ERR_ARGUMENT;
+  *out = nullptr;
+  kerf_tokenizer* t = new (std::nothrow) kerf_tokenizer;
+  if (!t) return KERF_ERR_MEMORY;
+  std::string e;
+  if (!kerf::rt::parse_tokenizer(data, size, vocab, &t->tok, &e)) {
+    if (err && err_size) std::snprintf(err, err_size, "tokenizer: %s", e.c_str());
+    delete t;
+    return KERF_ERR_CORRUPT;
+  }
+  t->vocab = vocab;
+  *out = t;
+  return KERF_OK;
+}
+
+int kerf_tokenizer_encode(const kerf_tokenizer* t, const char* text, int add_bos, int32_t* tokens, int max_tokens, int* n_tokens) {
+  if (!t || !text || !n_tokens || max_tokens < 0 || (!tokens && max_tokens > 0)) return KERF_ERR_ARGUMENT;
+  std::vector<int32_t> ids;
+  kerf::rt::encode(t->tok, t->vocab, text, add_bos != 0, &ids);
   *n_tokens = int(ids.size());
   if (int(ids.size()) > max_tokens) {
     if (max_tokens > 0) std::memcpy(tokens, ids.data(), size_t(max_tokens) * sizeof(int32_t));
@@ -119,6 +166,8 @@ int kerf_tokenize(const kerf_model* m, const char* text, int add_bos, int32_t* t
   if (!ids.empty()) std::memcpy(tokens, ids.data(), ids.size() * sizeof(int32_t));
   return KERF_OK;
 }
+
+void kerf_tokenizer_free(kerf_tokenizer* t) { delete t; }
 
 const char* kerf_token_to_piece(const kerf_model* m, int32_t prev, int32_t token) {
   if (!m || !m->tok.present || token < 0 || token >= m->vocab) return nullptr;

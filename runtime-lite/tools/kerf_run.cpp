@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kerf/kerf.h"
@@ -25,7 +26,8 @@ const char* kUsage =
     "  --top-p P       nucleus sampling threshold in (0, 1] (default 0.9; 1 = off)\n"
     "  --ctx N         context length (default: the model's max_seq_len)\n"
     "  --verify        also verify every tensor's checksum when loading\n"
-    "  --stats         print load time and prefill / decode tokens/s to stderr\n"
+    "  --stats         print the tensors' precisions, load time and prefill / decode tokens/s\n"
+    "                  to stderr\n"
     "  -h, --help      this help\n"
     "exit codes: 0 ok, 1 runtime failure, 2 bad arguments, 3 bad or corrupt artifact,\n"
     "            4 unsupported artifact, 5 I/O error\n";
@@ -69,6 +71,31 @@ int exit_code_for(int status) {
     case KERF_ERR_ARGUMENT: return 2;
     default: return 1;
   }
+}
+
+/// "weights: 14 x qasym4/f16 g32 (1.2 MiB), 5 x f32 (0.1 MiB)": tensors grouped by full precision,
+/// in order of first appearance.
+void print_precisions(const kerf_model* m) {
+  struct Group { std::string precision; int count; unsigned long long bytes; };
+  std::vector<Group> groups;
+  for (int i = 0; i < kerf_model_tensor_count(m); ++i) {
+    kerf_tensor_info ti;
+    if (kerf_model_tensor_info(m, i, &ti) != KERF_OK) continue;
+    Group* g = nullptr;
+    for (Group& x : groups)
+      if (x.precision == ti.precision) g = &x;
+    if (!g) {
+      groups.push_back({ti.precision, 0, 0});
+      g = &groups.back();
+    }
+    ++g->count;
+    g->bytes += ti.bytes;
+  }
+  std::fputs("weights:", stderr);
+  for (size_t i = 0; i < groups.size(); ++i)
+    std::fprintf(stderr, "%s %d x %s (%.2f MiB)", i ? "," : "", groups[i].count, groups[i].precision.c_str(),
+                 double(groups[i].bytes) / (1024.0 * 1024.0));
+  std::fputc('\n', stderr);
 }
 
 double now_s() {
@@ -199,6 +226,7 @@ int main(int argc, char** argv) {
     }
   }
   if (stats && !exit_code) {
+    print_precisions(model);
     std::fprintf(stderr, "load: %.1f ms\n", t_load * 1e3);
     std::fprintf(stderr, "prefill: %d tokens in %.1f ms (%.1f tokens/s)\n", n_tok, t_prefill * 1e3,
                  t_prefill > 0 ? n_tok / t_prefill : 0.0);

@@ -13,9 +13,9 @@ namespace {
 struct Loaded {
   TempDir dir;
   kerf_model* m = nullptr;
-  Loaded(const LlamaCfg& c, const Weights& w, fmt::DType dt, uint32_t group) {
+  Loaded(const LlamaCfg& c, const Weights& w, fmt::DType dt, uint32_t group, uint32_t flags = 0) {
     art::ArtifactBuilder b;
-    build_llama(b, c, w, dt, group, true);
+    build_llama(b, c, w, dt, group, true, flags);
     const std::string path = dir.file("llama.kerf");
     const std::string e = b.write(path);
     REQUIRE(e == "");
@@ -36,9 +36,15 @@ double max_abs_diff(const float* a, const float* b, size_t n) {
 TEST_CASE("tiny Llama: prefill all-logits == token-by-token decode logits", "[executor]") {
   LlamaCfg c;  // dim 16, 2 layers, 4 heads, 2 kv heads, vocab 512
   const Weights w = random_llama(c, 12);
-  for (fmt::DType dt : {fmt::DType::kF32, fmt::DType::kF16, fmt::DType::kQ8Sym, fmt::DType::kQ4Asym}) {
-    INFO("dtype " << fmt::dtype_name(dt));
-    Loaded L(c, w, dt, 8);
+  const std::pair<fmt::DType, uint32_t> precisions[] = {
+      {fmt::DType::kF32, 0},         {fmt::DType::kF16, 0},         {fmt::DType::kQ8Sym, 0},
+      {fmt::DType::kQ4Asym, 0},      {fmt::DType::kQSym, 0x103},    {fmt::DType::kQAsym, 0x005},
+      {fmt::DType::kTernary, 0x100}, {fmt::DType::kBinary, 0x000},
+  };
+  for (const auto& [dt, flags] : precisions) {
+    char prec[64];
+    INFO("precision " << fmt::describe_qtype(dt, flags, 8, prec, sizeof prec));
+    Loaded L(c, w, dt, 8, flags);
     const int V = kerf_model_vocab_size(L.m);
     REQUIRE(V == 512);
     const std::vector<int32_t> toks = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 17};

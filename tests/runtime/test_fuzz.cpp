@@ -11,7 +11,13 @@ TEST_CASE("mutated artifacts never crash the loader or the executor", "[loader][
   c.vocab = 32;
   c.max_seq = 16;
   art::ArtifactBuilder b;
-  build_llama(b, c, random_llama(c, 8), fmt::DType::kQ4Asym, 8, false);
+  // Mostly q4_asym, plus generic quantized dtypes (format 1.1) so that mutated flags are exercised.
+  const std::map<std::string, MatPrecision> generic = {
+      {"layers.0.attention.wq.weight", {fmt::DType::kQSym, 8, fmt::make_qflags(3, fmt::ScaleFormat::kK6)}},
+      {"layers.0.feed_forward.w2.weight", {fmt::DType::kTernary, 8, fmt::make_qflags(0, fmt::ScaleFormat::kF16)}},
+      {"layers.1.attention.wv.weight", {fmt::DType::kQAsym, 8, fmt::make_qflags(5, fmt::ScaleFormat::kK6)}},
+  };
+  build_llama(b, c, random_llama(c, 8), fmt::DType::kQ4Asym, 8, false, 0, generic);
   std::string err;
   const std::vector<uint8_t> good = b.serialize(&err);
   REQUIRE(err.empty());

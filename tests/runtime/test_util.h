@@ -234,20 +234,272 @@ inline art::TensorRecord quantize_q4_asym(std::string name, int64_t rows, int64_
   return t;
 }
 
-/// Matrix tensor in the requested dtype.
+// ------------------------------------------------------------------ generic quantized dtypes (1.1)
+//
+// An independent, deliberately naive implementation of the format 1.1 layouts, written from the
+// SPEC text: explicit codes and parameters, packed bit by bit (no format.h layout helpers), and the
+// reference dequantization of one element. Tests compare the runtime against these.
+
+/// A generic quantized [rows, cols] tensor given by its codes and parameters.
+struct GenericQ {
+  fmt::DType dtype = fmt::DType::kQSym;
+  uint32_t bits = 0;  ///< qsym / qasym: 2..8; ternary / binary: 0
+  bool k6 = false;    ///< scale format: false = f16 per group, true = k6
+  int64_t rows = 0, cols = 0;
+  uint32_t group = 0;
+  /// [rows * cols] row-major. qsym / qasym: the stored code u in [0, 2^bits); ternary: q in
+  /// {-1, 0, 1}; binary: q in {-1, 1}.
+  std::vector<int> codes;
+  std::vector<uint16_t> s, m;   ///< f16 bits per group, flat order i = r * ng + j (m: qasym only)
+  std::vector<uint8_t> sc, mc;  ///< k6: 6-bit values per group (mc: qasym only)
+  std::vector<uint16_t> d, dm;  ///< k6: f16 bits per super-block of 8 groups (dm: qasym only)
+
+  bool asym() const { return dtype == fmt::DType::kQAsym; }
+  int64_t ng() const { return (cols + group - 1) / group; }
+  int64_t n_groups() const { return rows * ng(); }
+  int64_t n_super() const { return (n_groups() + 7) / 8; }
+  uint32_t flags() const { return bits | (k6 ? 0x100u : 0u); }  // SPEC: bits 0-7 b, bits 8-15 scale format
+};
+
+/// Sets `nbits` bits of `value` at bit offset `bit` (LSB first) of out[base..].
+inline void put_bits(std::vector<uint8_t>& out, size_t base, uint64_t bit, uint32_t value, int nbits) {
+  for (int k = 0; k < nbits; ++k)
+    if ((value >> k) & 1u) out[base + size_t((bit + uint64_t(k)) / 8)] |= uint8_t(1u << ((bit + uint64_t(k)) % 8));
+}
+inline void put_f16_le(std::vector<uint8_t>& out, uint16_t h) {
+  out.push_back(uint8_t(h & 0xff));
+  out.push_back(uint8_t(h >> 8));
+}
+
+/// The payload of `q`, bit by bit from the SPEC: codes row after row, then the group parameters.
+inline std::vector<uint8_t> pack_generic(const GenericQ& q) {
+  std::vector<uint8_t> out;
+  for (int64_t r = 0; r < q.rows; ++r) {
+    const size_t base = out.size();
+    if (q.dtype == fmt::DType::kTernary) {
+      for (int64_t k = 0; k < (q.cols + 4) / 5; ++k) {
+        int byte = 0, pow3 = 1;
+        for (int t = 0; t < 5; ++t, pow3 *= 3) {
+          const int64_t c = 5 * k + t;
+          const int digit = c < q.cols ? q.codes[size_t(r * q.cols + c)] + 1 : 1;  // padding digit 1 (q = 0)
+          byte += digit * pow3;
+        }
+        out.push_back(uint8_t(byte));
+      }
+      continue;
+    }
+    const int b = q.dtype == fmt::DType::kBinary ? 1 : int(q.bits);
+    out.resize(base + size_t((q.cols * b + 7) / 8), 0);
+    for (int64_t c = 0; c < q.cols; ++c) {
+      const int code = q.codes[size_t(r * q.cols + c)];
+      const uint32_t v = q.dtype == fmt::DType::kBinary ? (code > 0 ? 1u : 0u) : uint32_t(code);
+      put_bits(out, base, uint64_t(c) * uint64_t(b), v, b);
+    }
+  }
+  const int64_t NG = q.n_groups();
+  if (!q.k6) {
+    for (int64_t i = 0; i < NG; ++i) put_f16_le(out, q.s[size_t(i)]);
+    if (q.asym())
+      for (int64_t i = 0; i < NG; ++i) put_f16_le(out, q.m[size_t(i)]);
+    return out;
+  }
+  auto put6 = [&](const std::vector<uint8_t>& v) {
+    const size_t base = out.size();
+    out.resize(base + size_t((NG * 6 + 7) / 8), 0);
+    for (int64_t i = 0; i < NG; ++i) put_bits(out, base, uint64_t(6 * i), v[size_t(i)], 6);
+  };
+  put6(q.sc);
+  if (q.asym()) put6(q.mc);
+  for (int64_t k = 0; k < q.n_super(); ++k) put_f16_le(out, q.d[size_t(k)]);
+  if (q.asym())
+    for (int64_t k = 0; k < q.n_super(); ++k) put_f16_le(out, q.dm[size_t(k)]);
+  return out;
+}
+
+inline art::TensorRecord generic_record(const std::string& name, const GenericQ& q) {
+  art::TensorRecord t{name, q.dtype, {q.rows, q.cols}, q.group, pack_generic(q)};
+  t.flags = q.flags();
+  return t;
+}
+
+/// Reference dequantized element (r, c), with the SPEC's f32 expressions:
+/// s = f16(s_i) or f16(d) * float(sc); w = s * float(q), or (s * float(u)) + m for qasym.
+inline float generic_ref(const GenericQ& q, int64_t r, int64_t c) {
+  const int64_t i = r * q.ng() + c / q.group;
+  float s, m = 0.f;
+  if (q.k6) {
+    const float d = fmt::f16_to_f32(q.d[size_t(i / 8)]);
+    s = d * float(q.sc[size_t(i)]);
+    if (q.asym()) {
+      const float dm = fmt::f16_to_f32(q.dm[size_t(i / 8)]);
+      m = dm * float(q.mc[size_t(i)]);
+    }
+  } else {
+    s = fmt::f16_to_f32(q.s[size_t(i)]);
+    if (q.asym()) m = fmt::f16_to_f32(q.m[size_t(i)]);
+  }
+  const int code = q.codes[size_t(r * q.cols + c)];
+  switch (q.dtype) {
+    case fmt::DType::kQSym: return s * float(code - (1 << (q.bits - 1)));
+    case fmt::DType::kQAsym: {
+      volatile float p = s * float(code);  // rounded product, never fused with the addition
+      return p + m;
+    }
+    default: return s * float(code);  // ternary, binary
+  }
+}
+
+/// f16 bits of a random finite value (normal, sd `scale`, either sign).
+inline uint16_t random_f16(std::mt19937& rng, float scale) {
+  std::normal_distribution<float> nd(0.f, scale);
+  return fmt::f32_to_f16(nd(rng));
+}
+
+/// Random codes and parameters (every code value and 6-bit value reachable, scales of both signs).
+inline GenericQ random_generic(std::mt19937& rng, fmt::DType dt, uint32_t bits, bool k6, int64_t rows, int64_t cols,
+                               uint32_t group) {
+  GenericQ q;
+  q.dtype = dt;
+  q.bits = bits;
+  q.k6 = k6;
+  q.rows = rows;
+  q.cols = cols;
+  q.group = group;
+  q.codes.resize(size_t(rows * cols));
+  for (int& c : q.codes) {
+    if (dt == fmt::DType::kTernary) c = int(rng() % 3) - 1;
+    else if (dt == fmt::DType::kBinary) c = (rng() & 1) ? 1 : -1;
+    else c = int(rng() % (1u << bits));
+  }
+  const size_t NG = size_t(q.n_groups()), NS = size_t(q.n_super());
+  const bool asym = q.asym();
+  if (!k6) {
+    for (size_t i = 0; i < NG; ++i) q.s.push_back(random_f16(rng, 0.05f));
+    if (asym)
+      for (size_t i = 0; i < NG; ++i) q.m.push_back(random_f16(rng, 0.5f));
+  } else {
+    for (size_t i = 0; i < NG; ++i) q.sc.push_back(uint8_t(rng() % 64));
+    if (asym)
+      for (size_t i = 0; i < NG; ++i) q.mc.push_back(uint8_t(rng() % 64));
+    for (size_t k = 0; k < NS; ++k) q.d.push_back(random_f16(rng, 0.002f));
+    if (asym)
+      for (size_t k = 0; k < NS; ++k) q.dm.push_back(random_f16(rng, 0.01f));
+  }
+  return q;
+}
+
+/// Round-to-nearest quantizer of a float [rows, cols] matrix into a generic dtype (fixture quality,
+/// for end-to-end runs): qsym s = max|w| / (2^(b-1) - 1); qasym m = min w, s = (max - min) / (2^b - 1);
+/// ternary s = max|w|; binary s = mean|w|. k6: per 8 groups d = max s / 63, sc = round(s / d)
+/// (likewise dm from the largest |m|, mc clamped to 0..63). Codes use the stored parameters.
+inline GenericQ quantize_generic_q(fmt::DType dt, uint32_t bits, bool k6, int64_t rows, int64_t cols, uint32_t group,
+                                   const std::vector<float>& w) {
+  GenericQ q;
+  q.dtype = dt;
+  q.bits = bits;
+  q.k6 = k6;
+  q.rows = rows;
+  q.cols = cols;
+  q.group = group;
+  const int64_t ng = q.ng(), NG = q.n_groups();
+  std::vector<float> sf(static_cast<size_t>(NG)), mf(static_cast<size_t>(NG), 0.f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < ng; ++j) {
+      const int64_t c0 = j * group, c1 = std::min<int64_t>(cols, c0 + group);
+      float lo = w[size_t(r * cols + c0)], hi = lo, amax = 0.f, asum = 0.f;
+      for (int64_t c = c0; c < c1; ++c) {
+        const float x = w[size_t(r * cols + c)];
+        lo = std::min(lo, x);
+        hi = std::max(hi, x);
+        amax = std::max(amax, std::fabs(x));
+        asum += std::fabs(x);
+      }
+      float s = 0.f;
+      switch (dt) {
+        case fmt::DType::kQSym: s = amax / float((1 << (bits - 1)) - 1); break;
+        case fmt::DType::kQAsym: s = (hi - lo) / float((1 << bits) - 1); mf[size_t(r * ng + j)] = lo; break;
+        case fmt::DType::kTernary: s = amax; break;
+        default: s = asum / float(c1 - c0); break;
+      }
+      sf[size_t(r * ng + j)] = s;
+    }
+  if (!k6) {
+    for (int64_t i = 0; i < NG; ++i) q.s.push_back(fmt::f32_to_f16(sf[size_t(i)]));
+    if (q.asym())
+      for (int64_t i = 0; i < NG; ++i) q.m.push_back(fmt::f32_to_f16(mf[size_t(i)]));
+  } else {
+    auto k6_encode = [&](const std::vector<float>& v, std::vector<uint8_t>* six, std::vector<uint16_t>* sup) {
+      for (int64_t k = 0; k < q.n_super(); ++k) {
+        float big = 0.f;
+        for (int64_t i = 8 * k; i < std::min<int64_t>(NG, 8 * k + 8); ++i)
+          if (std::fabs(v[size_t(i)]) > std::fabs(big)) big = v[size_t(i)];
+        const uint16_t dh = fmt::f32_to_f16(big / 63.f);
+        const float d = fmt::f16_to_f32(dh);
+        sup->push_back(dh);
+        for (int64_t i = 8 * k; i < std::min<int64_t>(NG, 8 * k + 8); ++i) {
+          const float x = d != 0.f ? std::nearbyint(v[size_t(i)] / d) : 0.f;
+          six->push_back(uint8_t(std::min(63.f, std::max(0.f, x))));
+        }
+      }
+    };
+    k6_encode(sf, &q.sc, &q.d);
+    if (q.asym()) k6_encode(mf, &q.mc, &q.dm);
+  }
+  // Codes from the stored (f16 / k6-rounded) parameters.
+  q.codes.assign(size_t(rows * cols), 0);
+  const int half = bits ? 1 << (bits - 1) : 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const size_t at = size_t(r * cols + c);
+      float s, m = 0.f;
+      const int64_t i = r * ng + c / group;
+      if (k6) {
+        s = fmt::f16_to_f32(q.d[size_t(i / 8)]) * float(q.sc[size_t(i)]);
+        if (q.asym()) m = fmt::f16_to_f32(q.dm[size_t(i / 8)]) * float(q.mc[size_t(i)]);
+      } else {
+        s = fmt::f16_to_f32(q.s[size_t(i)]);
+        if (q.asym()) m = fmt::f16_to_f32(q.m[size_t(i)]);
+      }
+      const float x = w[at];
+      const float t = s != 0.f ? std::nearbyint((x - m) / s) : 0.f;
+      switch (dt) {
+        case fmt::DType::kQSym: q.codes[at] = int(std::min(float(half - 1), std::max(float(-half), t))) + half; break;
+        case fmt::DType::kQAsym: q.codes[at] = int(std::min(float((1 << bits) - 1), std::max(0.f, t))); break;
+        case fmt::DType::kTernary: q.codes[at] = int(std::min(1.f, std::max(-1.f, t))); break;
+        default: q.codes[at] = x >= 0.f ? 1 : -1; break;
+      }
+    }
+  return q;
+}
+
+/// Matrix tensor in the requested dtype (`flags`: code bits / scale format of the generic dtypes).
 inline art::TensorRecord matrix(const std::string& name, int64_t rows, int64_t cols, const std::vector<float>& v,
-                                fmt::DType dt, uint32_t group) {
+                                fmt::DType dt, uint32_t group, uint32_t flags = 0) {
   switch (dt) {
     case fmt::DType::kF16: return art::TensorRecord::from_f16(name, {rows, cols}, v);
     case fmt::DType::kQ8Sym: return quantize_q8_sym(name, rows, cols, group, v);
     case fmt::DType::kQ4Asym: return quantize_q4_asym(name, rows, cols, group, v);
+    case fmt::DType::kQSym: case fmt::DType::kQAsym: case fmt::DType::kTernary: case fmt::DType::kBinary:
+      return generic_record(name, quantize_generic_q(dt, fmt::qflags_bits(flags),
+                                                     fmt::qflags_scale(flags) == fmt::ScaleFormat::kK6, rows, cols,
+                                                     group, v));
     default: return art::TensorRecord::from_f32(name, {rows, cols}, v);
   }
 }
 
+/// Per-tensor precision overriding build_llama's default for the named weight.
+struct MatPrecision {
+  fmt::DType dtype = fmt::DType::kF32;
+  uint32_t group = 0;
+  uint32_t flags = 0;
+};
+
 /// Adds the Llama program (lifted ops, tied classifier) and metadata to `b`.
+/// `flags`: TensorEntry.flags of the matrices when `dt` is a generic quantized dtype; `overrides`:
+/// weight name -> precision for single matrices.
 inline void build_llama(art::ArtifactBuilder& b, const LlamaCfg& c, const Weights& w, fmt::DType dt = fmt::DType::kF32,
-                        uint32_t group = 32, bool tokenizer = true) {
+                        uint32_t group = 32, bool tokenizer = true, uint32_t flags = 0,
+                        const std::map<std::string, MatPrecision>& overrides = {}) {
   using fmt::AttrKey;
   using fmt::OpCode;
   const int64_t D = c.dim, F = c.hidden, Dh = c.head_dim(), KV = c.kv_heads * Dh;
@@ -264,7 +516,11 @@ inline void build_llama(art::ArtifactBuilder& b, const LlamaCfg& c, const Weight
     b.add_meta_int(fmt::meta::kTokEos, 2);
   }
   auto vec = [&](const std::string& n) { return b.add_tensor(art::TensorRecord::from_f32(n, {D}, w.at(n))); };
-  auto mat = [&](const std::string& n, int64_t r, int64_t k) { return b.add_tensor(matrix(n, r, k, w.at(n), dt, group)); };
+  auto mat = [&](const std::string& n, int64_t r, int64_t k) {
+    const auto o = overrides.find(n);
+    if (o != overrides.end()) return b.add_tensor(matrix(n, r, k, w.at(n), o->second.dtype, o->second.group, o->second.flags));
+    return b.add_tensor(matrix(n, r, k, w.at(n), dt, group, flags));
+  };
   auto val = [&](const std::string& n, int64_t width) { return b.add_value({n, uint32_t(width)}); };
   auto op = [&](OpCode code, const std::string& name, std::vector<uint32_t> in, uint32_t out,
                 std::vector<fmt::OpAttr> attrs = {}) {

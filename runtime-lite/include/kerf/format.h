@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 
 namespace kerf::fmt {
@@ -73,7 +74,14 @@ static_assert(sizeof(FileHeader) == 120, "FileHeader layout");
 ///     (kQAsym) mc 6-bit unsigned [NG] packed the same way, P6 bytes
 ///     d   f16[NS]      s_i = d[i / 8] * sc_i
 ///     (kQAsym) dm f16[NS]   m_i = dm[i / 8] * mc_i
-///   All arrays follow each other with no padding. bytes = quant_payload_bytes(t, rows, cols, g, flags).
+///   All arrays follow each other with no padding. bytes = quant_payload_bytes(t, rows, cols, g, flags);
+///   the array offsets are given by qlayout() below. A super-block of kK6 may span row boundaries
+///   (when ng is not a multiple of 8). Padding bits of the 6-bit arrays are 0 (readers ignore them).
+///   Dequantization is computed in f32 (formats/SPEC.md section 6.4 is normative, bit-exact):
+///     s_i = f16_to_f32(s[i])                          (kF16)
+///     s_i = f16_to_f32(d[i / 8]) * float(sc_i)        (kK6; one f32 multiply, rounded)
+///     m_i likewise from m / (dm, mc);  w = s_i * float(q)  or  (s_i * float(u)) + m_i, the product
+///     rounded to f32 before the addition (no fused multiply-add).
 enum class DType : uint32_t {
   kF32 = 0,
   kF16 = 1,
@@ -99,6 +107,14 @@ inline constexpr uint32_t kK6GroupsPerSuper = 8;
 inline constexpr uint32_t make_qflags(uint32_t bits, ScaleFormat sf) { return bits | (uint32_t(sf) << 8); }
 inline constexpr uint32_t qflags_bits(uint32_t flags) { return flags & 0xffu; }
 inline constexpr ScaleFormat qflags_scale(uint32_t flags) { return ScaleFormat((flags >> 8) & 0xffu); }
+
+inline const char* scale_format_name(ScaleFormat sf) {
+  switch (sf) {
+    case ScaleFormat::kF16: return "f16";
+    case ScaleFormat::kK6: return "k6";
+  }
+  return "?";
+}
 
 inline const char* dtype_name(DType t) {
   switch (t) {
@@ -132,6 +148,16 @@ inline bool qflags_valid(DType t, uint32_t flags) {
   if (t == DType::kQSym || t == DType::kQAsym) return b >= 2 && b <= 8;
   return b == 0;
 }
+/// Why `flags` is invalid for `t`, for error messages; nullptr when qflags_valid(t, flags).
+inline const char* qflags_problem(DType t, uint32_t flags) {
+  if (!dtype_is_generic_quant(t)) return flags == 0 ? nullptr : "flags must be 0 for this dtype";
+  if ((flags >> 16) != 0) return "bits 16-31 must be 0";
+  if (uint32_t(qflags_scale(flags)) > 1u) return "unknown scale format (bits 8-15 must be 0 = f16 or 1 = k6)";
+  const uint32_t b = qflags_bits(flags);
+  if (t == DType::kQSym || t == DType::kQAsym)
+    return (b >= 2 && b <= 8) ? nullptr : "code bits (bits 0-7) must be 2..8";
+  return b == 0 ? nullptr : "code bits (bits 0-7) must be 0 for ternary / binary";
+}
 /// Bytes per row of the code array of a generic quantized dtype (0 for other dtypes).
 inline uint64_t qcode_row_bytes(DType t, uint64_t cols, uint32_t flags) {
   switch (t) {
@@ -151,6 +177,39 @@ inline uint64_t qparam_bytes(DType t, uint64_t n_groups, uint32_t flags) {
     return arrays * ((n_groups * 6 + 7) / 8 + 2 * ns);
   }
   return arrays * 2 * n_groups;
+}
+/// Byte offsets (from the payload start) and counts of the arrays of a generic quantized payload.
+/// Codes start at offset 0 (row r at r * row_bytes). Offsets of arrays the dtype / scale format
+/// does not have are 0. Assumes qflags_valid(t, flags), g >= 1; no overflow checks (see
+/// tensor_payload_bytes()).
+struct QLayout {
+  uint64_t row_bytes = 0;    ///< rb, code bytes per row
+  uint64_t n_groups = 0;     ///< NG = rows * ceil(cols / g)
+  uint64_t n_super = 0;      ///< kK6: NS = ceil(NG / 8); kF16: 0
+  uint64_t scale = 0;        ///< kF16: s f16[NG]; kK6: sc 6-bit [NG]
+  uint64_t min = 0;          ///< kQAsym only. kF16: m f16[NG]; kK6: mc 6-bit [NG]
+  uint64_t super_scale = 0;  ///< kK6: d f16[NS]
+  uint64_t super_min = 0;    ///< kK6 kQAsym: dm f16[NS]
+  uint64_t bytes = 0;        ///< whole payload (== quant_payload_bytes)
+};
+inline QLayout qlayout(DType t, uint64_t rows, uint64_t cols, uint64_t g, uint32_t flags) {
+  QLayout L;
+  const bool asym = t == DType::kQAsym;
+  L.row_bytes = qcode_row_bytes(t, cols, flags);
+  L.n_groups = rows * ((cols + g - 1) / g);
+  L.scale = rows * L.row_bytes;
+  if (qflags_scale(flags) == ScaleFormat::kK6) {
+    const uint64_t p6 = (L.n_groups * 6 + 7) / 8;
+    L.n_super = (L.n_groups + kK6GroupsPerSuper - 1) / kK6GroupsPerSuper;
+    L.min = asym ? L.scale + p6 : 0;
+    L.super_scale = L.scale + (asym ? 2 : 1) * p6;
+    L.super_min = asym ? L.super_scale + 2 * L.n_super : 0;
+    L.bytes = L.super_scale + (asym ? 4 : 2) * L.n_super;
+  } else {
+    L.min = asym ? L.scale + 2 * L.n_groups : 0;
+    L.bytes = L.scale + (asym ? 4 : 2) * L.n_groups;
+  }
+  return L;
 }
 inline uint32_t dtype_elem_size(DType t) {  // plain types only
   switch (t) {
@@ -315,6 +374,29 @@ inline bool tensor_payload_bytes(DType t, uint32_t rank, const int64_t* shape, u
   }
   *out = n;
   return true;
+}
+
+/// Human-readable precision of a tensor into buf (NUL-terminated, truncated to n; returns buf):
+///   plain: "f32";  q8_sym / q4_asym: "q4_asym g32";
+///   generic: "qsym3/k6 g32", "qasym4/f16 g32", "ternary/k6 g64", "binary/f16 g32";
+///   flags invalid for the dtype: "qsym(flags 0x00000109) g32".
+inline const char* describe_qtype(DType t, uint32_t flags, uint32_t group, char* buf, size_t n) {
+  if (!buf || n == 0) return buf;
+  const char* name = dtype_name(t);
+  if (!qflags_valid(t, flags)) {
+    std::snprintf(buf, n, "%s(flags 0x%08x) g%u", name, unsigned(flags), unsigned(group));
+  } else if (dtype_is_generic_quant(t)) {
+    const char* sf = scale_format_name(qflags_scale(flags));
+    if (t == DType::kQSym || t == DType::kQAsym)
+      std::snprintf(buf, n, "%s%u/%s g%u", name, unsigned(qflags_bits(flags)), sf, unsigned(group));
+    else
+      std::snprintf(buf, n, "%s/%s g%u", name, sf, unsigned(group));
+  } else if (dtype_is_quantized(t)) {
+    std::snprintf(buf, n, "%s g%u", name, unsigned(group));
+  } else {
+    std::snprintf(buf, n, "%s", name);
+  }
+  return buf;
 }
 
 /// IEEE 754 binary16 <-> float32 (round to nearest even; NaN stays NaN, overflow gives inf).

@@ -95,12 +95,17 @@ int kerf_model_meta_count(const kerf_model* m);
 const char* kerf_model_meta_key(const kerf_model* m, int index); /* NUL-terminated copy owned by m */
 typedef struct kerf_tensor_info {
   const char* name;       /* NUL-terminated, owned by the model */
-  const char* dtype_name; /* "f32", "q4_asym", ... */
+  const char* dtype_name; /* "f32", "q4_asym", "qsym", "qasym", "ternary", "binary", ... (the dtype only) */
   uint32_t dtype;         /* kerf::fmt::DType */
   uint32_t rank;
   int64_t shape[4];
   uint32_t group_size;
   uint64_t bytes;         /* payload bytes */
+  /* Added with format 1.1 (generic quantized dtypes): */
+  uint32_t flags;         /* TensorEntry.flags: code bits (bits 0-7) and scale format (bits 8-15, 0 f16,
+                             1 k6) of qsym/qasym/ternary/binary; 0 for other dtypes */
+  const char* precision;  /* full precision, owned by the model: "f32", "q4_asym g32", "qasym4/f16 g32",
+                             "qsym3/k6 g32", "ternary/k6 g64", "binary/f16 g32" */
 } kerf_tensor_info;
 int kerf_model_tensor_count(const kerf_model* m);
 int kerf_model_tensor_info(const kerf_model* m, int index, kerf_tensor_info* out);

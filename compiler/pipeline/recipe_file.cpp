@@ -1,0 +1,224 @@
+#include "compiler/pipeline/recipe_file.h"
+
+#include <fnmatch.h>
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "kerf/xxh64.h"
+
+namespace kerf::pipeline {
+namespace {
+
+struct Ctx {
+  std::string label;
+  Status err(const std::string& key, const std::string& what) const {
+    return BadInput(label + ": " + key + ": " + what);
+  }
+};
+
+Status check_keys(const Ctx& c, const YAML::Node& n, const std::string& where, const std::set<std::string>& known) {
+  if (!n.IsMap()) return c.err(where, "must be a mapping");
+  for (const auto& kv : n) {
+    const std::string k = kv.first.as<std::string>();
+    if (!known.count(k)) {
+      std::string list;
+      for (const auto& s : known) list += (list.empty() ? "" : ", ") + s;
+      return c.err(where.empty() ? k : where + "." + k, "unknown key (known: " + list + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+template <typename T>
+Status get(const Ctx& c, const YAML::Node& n, const std::string& key, T* out) {
+  try {
+    *out = n.as<T>();
+  } catch (const YAML::Exception&) {
+    return c.err(key, "has the wrong type (line " + std::to_string(n.Mark().line + 1) + ")");
+  }
+  return Status::Ok();
+}
+
+Status parse_choice(const Ctx& c, const YAML::Node& n, const std::string& where, quant::TensorChoice* ch,
+                    const std::set<std::string>& extra_keys = {}) {
+  std::set<std::string> keys = {"precision", "method", "rule"};
+  keys.insert(extra_keys.begin(), extra_keys.end());
+  KERF_RETURN_IF_ERROR(check_keys(c, n, where, keys));
+  std::string s;
+  if (n["precision"]) {
+    KERF_RETURN_IF_ERROR(get(c, n["precision"], where + ".precision", &s));
+    auto q = quant::parse_qspec(s);
+    if (!q.ok()) return c.err(where + ".precision", q.status().message());
+    ch->spec = *q;
+  }
+  if (n["method"]) {
+    KERF_RETURN_IF_ERROR(get(c, n["method"], where + ".method", &s));
+    auto m = quant::parse_method(s);
+    if (!m.ok()) return c.err(where + ".method", m.status().message());
+    ch->method = *m;
+  }
+  if (n["rule"]) {
+    KERF_RETURN_IF_ERROR(get(c, n["rule"], where + ".rule", &s));
+    auto r = quant::parse_param_rule(s);
+    if (!r.ok()) return c.err(where + ".rule", r.status().message());
+    ch->rule = *r;
+  }
+  if (ch->rule == quant::ParamRule::kTwn && ch->spec.kind != quant::QKind::kTernary)
+    return c.err(where + ".rule", "twn applies to ternary precisions only, not " + quant::to_string(ch->spec));
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<Recipe> parse_recipe_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return IoError("cannot read recipe '" + path + "'");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_recipe_text(ss.str(), path);
+}
+
+Result<Recipe> parse_recipe_text(const std::string& text, const std::string& label) {
+  Ctx c{label};
+  Recipe r;
+  r.source_text = text;
+  r.hash = xxh64(text.data(), text.size(), 0);
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    return BadInput(label + ": YAML syntax error at line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  } catch (const YAML::Exception& e) {
+    return BadInput(label + ": " + e.what());
+  }
+  if (!root.IsMap()) return BadInput(label + ": a recipe must be a YAML mapping");
+  try {
+    KERF_RETURN_IF_ERROR(check_keys(c, root, "",
+                                    {"name", "description", "calibration", "default", "gptq", "awq", "tensors", "mixed", "strict"}));
+    if (root["name"]) KERF_RETURN_IF_ERROR(get(c, root["name"], "name", &r.name));
+    if (root["strict"]) KERF_RETURN_IF_ERROR(get(c, root["strict"], "strict", &r.strict));
+    if (const YAML::Node cal = root["calibration"]) {
+      KERF_RETURN_IF_ERROR(check_keys(c, cal, "calibration", {"stories", "tokens", "sequential"}));
+      if (cal["stories"]) {
+        std::string s;
+        KERF_RETURN_IF_ERROR(get(c, cal["stories"], "calibration.stories", &s));
+        auto sr = parse_story_range(s);
+        if (!sr.ok()) return c.err("calibration.stories", sr.status().message());
+        r.calib_stories = *sr;
+      }
+      if (cal["tokens"]) KERF_RETURN_IF_ERROR(get(c, cal["tokens"], "calibration.tokens", &r.calib_tokens));
+      if (r.calib_tokens < 0) return c.err("calibration.tokens", "must be >= 0");
+      if (cal["sequential"]) KERF_RETURN_IF_ERROR(get(c, cal["sequential"], "calibration.sequential", &r.sequential));
+    }
+    if (const YAML::Node d = root["default"]) KERF_RETURN_IF_ERROR(parse_choice(c, d, "default", &r.default_choice));
+    if (const YAML::Node g = root["gptq"]) {
+      KERF_RETURN_IF_ERROR(check_keys(c, g, "gptq", {"damp", "act_order", "block_size", "static_groups"}));
+      if (g["damp"]) KERF_RETURN_IF_ERROR(get(c, g["damp"], "gptq.damp", &r.gptq.damp));
+      if (g["act_order"]) KERF_RETURN_IF_ERROR(get(c, g["act_order"], "gptq.act_order", &r.gptq.act_order));
+      if (g["block_size"]) KERF_RETURN_IF_ERROR(get(c, g["block_size"], "gptq.block_size", &r.gptq.block_size));
+      if (g["static_groups"]) KERF_RETURN_IF_ERROR(get(c, g["static_groups"], "gptq.static_groups", &r.gptq.static_groups));
+      if (!(r.gptq.damp >= 0)) return c.err("gptq.damp", "must be >= 0");
+      if (r.gptq.block_size < 1) return c.err("gptq.block_size", "must be >= 1");
+    }
+    if (const YAML::Node a = root["awq"]) {
+      KERF_RETURN_IF_ERROR(check_keys(c, a, "awq", {"grid", "clip", "max_shrink"}));
+      if (a["grid"]) KERF_RETURN_IF_ERROR(get(c, a["grid"], "awq.grid", &r.awq.grid));
+      if (a["clip"]) KERF_RETURN_IF_ERROR(get(c, a["clip"], "awq.clip", &r.awq_clip));
+      if (a["max_shrink"]) KERF_RETURN_IF_ERROR(get(c, a["max_shrink"], "awq.max_shrink", &r.awq.max_shrink));
+      if (r.awq.grid < 1) return c.err("awq.grid", "must be >= 1");
+      if (!(r.awq.max_shrink >= 0 && r.awq.max_shrink < 1)) return c.err("awq.max_shrink", "must be in [0, 1)");
+    }
+    if (const YAML::Node ts = root["tensors"]) {
+      if (!ts.IsSequence()) return c.err("tensors", "must be a list of {match, precision, method, rule}");
+      for (size_t i = 0; i < ts.size(); ++i) {
+        const std::string where = "tensors[" + std::to_string(i) + "]";
+        RecipeOverride o;
+        o.choice = r.default_choice;
+        KERF_RETURN_IF_ERROR(parse_choice(c, ts[i], where, &o.choice, {"match"}));
+        if (!ts[i]["match"]) return c.err(where, "needs a 'match' (a role or a name glob)");
+        KERF_RETURN_IF_ERROR(get(c, ts[i]["match"], where + ".match", &o.match));
+        if (o.match.empty()) return c.err(where + ".match", "is empty");
+        r.overrides.push_back(o);
+      }
+    }
+    if (const YAML::Node m = root["mixed"]) {
+      KERF_RETURN_IF_ERROR(
+          check_keys(c, m, "mixed", {"bpw", "candidates", "method", "rule", "rounds", "sensitivity_tokens"}));
+      r.mixed = true;
+      if (!m["bpw"]) return c.err("mixed", "needs 'bpw' (the budget)");
+      KERF_RETURN_IF_ERROR(get(c, m["bpw"], "mixed.bpw", &r.mixed_bpw));
+      if (!(r.mixed_bpw > 0 && r.mixed_bpw <= 32)) return c.err("mixed.bpw", "must be in (0, 32]");
+      quant::TensorChoice base = r.default_choice;
+      std::string s;
+      if (m["method"]) {
+        KERF_RETURN_IF_ERROR(get(c, m["method"], "mixed.method", &s));
+        auto mm = quant::parse_method(s);
+        if (!mm.ok()) return c.err("mixed.method", mm.status().message());
+        base.method = *mm;
+      }
+      if (m["rule"]) {
+        KERF_RETURN_IF_ERROR(get(c, m["rule"], "mixed.rule", &s));
+        auto rr = quant::parse_param_rule(s);
+        if (!rr.ok()) return c.err("mixed.rule", rr.status().message());
+        base.rule = *rr;
+      }
+      if (!m["candidates"] || !m["candidates"].IsSequence() || m["candidates"].size() == 0)
+        return c.err("mixed.candidates", "needs a non-empty list of precisions");
+      for (size_t i = 0; i < m["candidates"].size(); ++i) {
+        KERF_RETURN_IF_ERROR(get(c, m["candidates"][i], "mixed.candidates", &s));
+        auto q = quant::parse_qspec(s);
+        if (!q.ok()) return c.err("mixed.candidates[" + std::to_string(i) + "]", q.status().message());
+        if (q->plain()) return c.err("mixed.candidates[" + std::to_string(i) + "]", "'" + s + "' is not a quantized precision");
+        quant::TensorChoice ch = base;
+        ch.spec = *q;
+        if (ch.rule == quant::ParamRule::kTwn && ch.spec.kind != quant::QKind::kTernary) ch.rule = quant::ParamRule::kSearch;
+        r.candidates.push_back(ch);
+      }
+      if (m["rounds"]) KERF_RETURN_IF_ERROR(get(c, m["rounds"], "mixed.rounds", &r.rounds));
+      if (r.rounds < 0 || r.rounds > 10) return c.err("mixed.rounds", "must be in 0..10");
+      if (m["sensitivity_tokens"])
+        KERF_RETURN_IF_ERROR(get(c, m["sensitivity_tokens"], "mixed.sensitivity_tokens", &r.sensitivity_tokens));
+      if (r.sensitivity_tokens < 16) return c.err("mixed.sensitivity_tokens", "must be >= 16");
+    }
+  } catch (const YAML::Exception& e) {
+    return BadInput(label + ": " + e.what());
+  }
+  if (r.name.empty()) r.name = label;
+  return r;
+}
+
+bool recipe_matches(const std::string& match, const quant::WeightUse& u) {
+  auto has = [&](const char* pat) { return fnmatch(pat, u.tensor.c_str(), 0) == 0; };
+  if (match == "all") return true;
+  if (match == "linear") return !u.embedding;
+  if (match == "embedding") return u.embedding;
+  if (match == "classifier") return (u.embedding && u.linear) || (!u.embedding && (has("*output*") || has("*lm_head*")));
+  if (match == "attention") return !u.embedding && (has("*.wq.*") || has("*.wk.*") || has("*.wv.*") || has("*.wo.*"));
+  if (match == "ffn") return !u.embedding && (has("*.w1.*") || has("*.w2.*") || has("*.w3.*"));
+  return fnmatch(match.c_str(), u.tensor.c_str(), 0) == 0;
+}
+
+std::map<std::string, quant::TensorChoice> recipe_choices(const Recipe& r, const std::vector<quant::WeightUse>& weights,
+                                                          std::vector<std::string>* unmatched) {
+  std::map<std::string, quant::TensorChoice> out;
+  std::vector<bool> used(r.overrides.size(), false);
+  for (const auto& u : weights) {
+    quant::TensorChoice ch = r.default_choice;
+    for (size_t i = 0; i < r.overrides.size(); ++i)
+      if (recipe_matches(r.overrides[i].match, u)) {
+        ch = r.overrides[i].choice;
+        used[i] = true;
+        break;
+      }
+    out[u.tensor] = ch;
+  }
+  if (unmatched)
+    for (size_t i = 0; i < r.overrides.size(); ++i)
+      if (!used[i]) unmatched->push_back(r.overrides[i].match);
+  return out;
+}
+
+}  // namespace kerf::pipeline

@@ -1,0 +1,87 @@
+// Quantization recipes: YAML files (examples/recipes/) that say, per weight matrix, which precision
+// and method to use, or a bits-per-weight budget for the mixed-precision allocator.
+//
+//   name: int4-gptq                       # free text, recorded in the artifact
+//   calibration:                          # defaults for --calib-stories / --calib-tokens
+//     stories: "0:128"                    # half-open story range of the --calib text
+//     tokens: 32768                       # cap on calibration tokens (whole stories, in order)
+//     sequential: true                    # statistics on the quantized prefix (GPTQ's true-sequential)
+//   default: {precision: int4_asym:g32, method: gptq, rule: search}
+//   gptq: {damp: 0.01, act_order: true, block_size: 128, static_groups: false}
+//   awq: {grid: 20, clip: true, max_shrink: 0.5}
+//   tensors:                              # overrides, first match wins
+//     - match: embedding                  # a role or a name glob (fnmatch), see below
+//       precision: int8_sym:row
+//       method: rtn
+//       rule: search
+//   mixed:                                # optional: allocate the non-overridden matrices
+//     bpw: 4.5                            # effective bpw over ALL matrices (shared/EVAL.md)
+//     candidates: [int3_sym:g32:k6, int4_sym:g32:k6, int6_sym:g32:k6]
+//     method: gptq                        # method / rule of the candidates
+//     rule: search
+//     rounds: 1                           # re-measurement rounds (quant/calib/mixed.h)
+//     sensitivity_tokens: 4096            # tokens of the calibration text used to measure KL
+//   strict: false                         # fail instead of noting when something is not as asked
+//
+// Roles for `match`: "all", "linear" (every matrix but the embedding), "embedding" (the embedding
+// table, tied or not), "classifier" (an untied output projection named *output* / *lm_head*, or
+// the tied table), "attention" (names *.wq.*, *.wk.*, *.wv.*, *.wo.*), "ffn" (*.w1.*, *.w2.*,
+// *.w3.*); anything else is a glob on the initializer name, e.g. "model.layers.0.*".
+// Precision texts are quant/qspec.h's ("int4_asym:g32", "int3_sym:g32:k6", "ternary:g64",
+// "binary:g32", "int8_sym:row", "f16"); methods "rtn", "gptq", "awq", "awq+gptq"; rules "rtn",
+// "twn", "search".
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "compiler/ir/status.h"
+#include "compiler/pipeline/text.h"
+#include "quant/calib/calibrate.h"
+#include "quant/calib/mixed.h"
+#include "quant/recipe.h"
+
+namespace kerf::pipeline {
+
+struct RecipeOverride {
+  std::string match;
+  quant::TensorChoice choice;
+};
+
+struct Recipe {
+  std::string name;
+  std::string source_text;                 ///< the YAML as read (recorded / hashed)
+  uint64_t hash = 0;                       ///< XXH64 of source_text
+  std::optional<StoryRange> calib_stories;
+  int64_t calib_tokens = 0;                ///< 0 = no cap
+  bool sequential = true;
+  quant::TensorChoice default_choice;
+  quant::GptqOptions gptq;
+  quant::AwqOptions awq;
+  bool awq_clip = true;
+  std::vector<RecipeOverride> overrides;
+  bool mixed = false;
+  double mixed_bpw = 0;
+  std::vector<quant::TensorChoice> candidates;
+  int rounds = 1;
+  int64_t sensitivity_tokens = 4096;
+  bool strict = false;
+};
+
+/// Parses a recipe. Errors: kIo (unreadable), kBadInput naming the file, the key and what is wrong
+/// (unknown key, bad precision / method / rule, wrong type, YAML syntax error with line number).
+Result<Recipe> parse_recipe_file(const std::string& path);
+Result<Recipe> parse_recipe_text(const std::string& text, const std::string& label);
+
+/// Whether override `match` applies to weight `u` (role keywords or name glob, see above).
+bool recipe_matches(const std::string& match, const quant::WeightUse& u);
+
+/// The choice for every weight matrix from the default and the overrides (first match wins).
+/// `unmatched` receives overrides that matched no tensor.
+std::map<std::string, quant::TensorChoice> recipe_choices(const Recipe& r, const std::vector<quant::WeightUse>& weights,
+                                                          std::vector<std::string>* unmatched);
+
+}  // namespace kerf::pipeline
