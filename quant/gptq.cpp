@@ -55,21 +55,41 @@ Result<std::vector<GroupParams>> estimate_params(const float* w, int64_t rows, i
   return est;
 }
 
-/// tr(D H D^T) with D = a - b (b may be null: D = a), in double, in blocks of rows.
+/// tr(D H D^T) with D = a - b (b may be null: D = a), in double, in blocks of rows. Few rows: the
+/// products D H row block by row block (2 rows cols^2 flops). Otherwise G = D^T D by symmetric
+/// rank updates (rows cols^2 flops, lower triangle) and tr(D H D^T) = sum_ij H_ij G_ij, with the
+/// strictly lower part counted for (i, j) and (j, i), which holds for any H since G is symmetric.
 double trace_quad(const float* a, const float* b, int64_t rows, int64_t cols, const double* H) {
   Eigen::Map<const RowMatD> Hm(H, cols, cols);
   const int64_t nb = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t{1} << 22) / cols));
-  RowMatD D(nb, cols), T(nb, cols);
-  double sum = 0.0;
-  for (int64_t r0 = 0; r0 < rows; r0 += nb) {
-    const int64_t m = std::min(nb, rows - r0);
+  RowMatD D(nb, cols);
+  const auto load = [&](int64_t r0, int64_t m) {
     for (int64_t r = 0; r < m; ++r)
       for (int64_t c = 0; c < cols; ++c) {
         const int64_t at = (r0 + r) * cols + c;
         D(r, c) = b ? double(a[at]) - double(b[at]) : double(a[at]);
       }
-    T.topRows(m).noalias() = D.topRows(m) * Hm;
-    sum += D.topRows(m).cwiseProduct(T.topRows(m)).sum();
+  };
+  double sum = 0.0;
+  if (rows < 64) {
+    RowMatD T(nb, cols);
+    for (int64_t r0 = 0; r0 < rows; r0 += nb) {
+      const int64_t m = std::min(nb, rows - r0);
+      load(r0, m);
+      T.topRows(m).noalias() = D.topRows(m) * Hm;
+      sum += D.topRows(m).cwiseProduct(T.topRows(m)).sum();
+    }
+    return sum;
+  }
+  Eigen::MatrixXd G = Eigen::MatrixXd::Zero(cols, cols);
+  for (int64_t r0 = 0; r0 < rows; r0 += nb) {
+    const int64_t m = std::min(nb, rows - r0);
+    load(r0, m);
+    G.selfadjointView<Eigen::Lower>().rankUpdate(D.topRows(m).transpose());
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    sum += H[j * cols + j] * G(j, j);
+    for (int64_t i = j + 1; i < cols; ++i) sum += (H[i * cols + j] + H[j * cols + i]) * G(i, j);
   }
   return sum;
 }

@@ -1,6 +1,7 @@
 #include "compiler/pipeline/emit.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 namespace kerf::pipeline {
@@ -141,7 +142,18 @@ Result<artifact::ArtifactBuilder> build_artifact(const ir::Graph& g, const quant
   for (const auto& p : q.plan) {
     std::string desc;
     if (!p.precision.empty()) {
+      char buf[96];
       desc = p.precision + " " + p.method + " " + p.role;
+      std::snprintf(buf, sizeof buf, " rel.err=%.4f", p.rel_rms_error);
+      desc += buf;
+      if (p.output_error >= 0) {
+        std::snprintf(buf, sizeof buf, " out.err=%.5f", p.output_error);
+        desc += buf;
+      }
+      if (p.sensitivity >= 0) {
+        std::snprintf(buf, sizeof buf, " sens.kl=%.5f", p.sensitivity);
+        desc += buf;
+      }
     } else {
       desc = std::string(fmt::dtype_name(p.dtype));
       if (p.group_size) desc += " g" + std::to_string(p.group_size);

@@ -73,6 +73,20 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
   if (kerf_model_meta_string(model.get(), "compile.recipe", &s, &n) == 0) rep.recipe.assign(s, n);
   if (kerf_model_meta_string(model.get(), "compile.target", &s, &n) == 0) rep.target.assign(s, n);
 
+  // Per-tensor table: storage from the tensor table, method / role / calibration figures from the
+  // "quant.tensor.<name>" metadata the compiler writes.
+  for (int i = 0, nt = kerf_model_tensor_count(model.get()); i < nt; ++i) {
+    kerf_tensor_info ti{};
+    if (kerf_model_tensor_info(model.get(), i, &ti) != 0) continue;
+    TensorInfo t;
+    t.name = ti.name;
+    t.dtype = ti.precision ? ti.precision : ti.dtype_name;
+    for (uint32_t d = 0; d < ti.rank && d < 4; ++d) t.shape.push_back(ti.shape[d]);
+    t.bytes = ti.bytes;
+    if (kerf_model_meta_string(model.get(), ("quant.tensor." + t.name).c_str(), &s, &n) == 0) t.detail.assign(s, n);
+    rep.tensors.push_back(std::move(t));
+  }
+
   KERF_ASSIGN_OR_RETURN(auto all, read_stories(opt.text_path));
   KERF_ASSIGN_OR_RETURN(auto stories, select_stories(all, opt.stories, opt.text_path));
 
@@ -181,6 +195,10 @@ std::string eval_report_json(const EvalReport& r) {
   j["bytes"] = r.bytes;
   j["recipe"] = r.recipe;
   j["target"] = r.target;
+  nlohmann::ordered_json ts = nlohmann::ordered_json::array();
+  for (const auto& t : r.tensors)
+    ts.push_back({{"name", t.name}, {"storage", t.dtype}, {"shape", t.shape}, {"bytes", t.bytes}, {"detail", t.detail}});
+  j["tensors"] = ts;
   j["timing"] = {{"reference_seconds", r.reference_seconds},
                  {"artifact_seconds", r.artifact_seconds},
                  {"artifact_prefill_tokens_per_second", r.artifact_tokens_per_second}};
@@ -211,6 +229,15 @@ std::string eval_report_markdown(const EvalReport& r) {
                 "\nTime: reference %.2f s, artifact %.2f s (runtime-lite scalar CPU, 1 thread, %.0f prefill tokens/s).\n",
                 r.reference_seconds, r.artifact_seconds, r.artifact_tokens_per_second);
   os << buf;
+  if (!r.tensors.empty()) {
+    os << "\n## Tensors\n\n| tensor | shape | storage | bytes | precision, method, role, calibration |\n|---|---|---|---|---|\n";
+    for (const auto& t : r.tensors) {
+      std::string shape;
+      for (size_t d = 0; d < t.shape.size(); ++d) shape += (d ? "x" : "") + std::to_string(t.shape[d]);
+      os << "| `" << t.name << "` | " << shape << " | " << t.dtype << " | " << t.bytes << " | "
+         << (t.detail.empty() ? "kept" : t.detail) << " |\n";
+    }
+  }
   return os.str();
 }
 

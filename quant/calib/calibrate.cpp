@@ -262,6 +262,19 @@ Result<QuantizedModel> quantize_calibrated(ir::Graph& g, const std::map<std::str
           }
         }
       }
+      // Scaling a matrix's columns is only exact when the matrix is read by this stage alone (a tied
+      // embedding / classifier table is also an Embedding lookup).
+      std::string shared;
+      for (const std::string& t : st.tensors)
+        for (int ci : g.consumers(t)) {
+          const ir::Node& cn = g.nodes[static_cast<size_t>(ci)];
+          if (!(cn.domain == "kerf" && (cn.op == "Linear" || cn.op == "GatedFFN"))) shared = t;
+        }
+      if (!shared.empty()) {
+        for (const std::string& t : st.tensors)
+          add_note(t, "awq scaling skipped: '" + shared + "' is also read by a non-Linear op (tied embedding)");
+        continue;
+      }
       if (fold == Fold::kNone) {
         for (const std::string& t : st.tensors) add_note(t, "awq scaling skipped: input has no foldable producer");
         continue;

@@ -306,8 +306,8 @@ int Loader::tensors(uint32_t flags) {
     if (e.size != want) {
       char prec[64];
       fmt::describe_qtype(t.dtype, e.flags, e.group_size, prec, sizeof prec);
-      return fail(KERF_ERR_CORRUPT, strf("tensor '%.*s' (#%u): payload size %llu bytes does not match its %s shape "
-                                         "(expected %llu bytes)", nl, nm, i, (unsigned long long)e.size, prec,
+      return fail(KERF_ERR_CORRUPT, strf("tensor '%.*s' (#%u): payload size %llu bytes does not match its precision "
+                                         "%s and shape (expected %llu bytes)", nl, nm, i, (unsigned long long)e.size, prec,
                                          (unsigned long long)want));
     }
     if (e.offset % fmt::kTensorAlign != 0)
