@@ -984,10 +984,7 @@ Status ReferenceExecutor::forward_prefix(const std::vector<int64_t>& tokens, siz
   if (last_node >= m.steps.size())
     return InvalidArgument("forward_prefix: node " + std::to_string(last_node) + " is beyond the " +
                            std::to_string(m.steps.size()) + " nodes of the graph");
-  m.prefix_steps = last_node + 1;
-  auto r = forward_tokens(tokens);
-  m.prefix_steps = 0;
-  return r.ok() ? Status::Ok() : r.status();
+  return forward_prefix_batch(tokens, 1, static_cast<int64_t>(tokens.size()), last_node);
 }
 
 Status ReferenceExecutor::set_weight(const std::string& name, const std::vector<float>& values) {
@@ -1026,12 +1023,28 @@ Result<std::vector<float>> ReferenceExecutor::weight(const std::string& name, st
 }
 
 Result<std::vector<float>> ReferenceExecutor::forward_tokens(const std::vector<int64_t>& tokens) {
+  return forward_batch(tokens, 1, static_cast<int64_t>(tokens.size()));
+}
+
+Status ReferenceExecutor::forward_prefix_batch(const std::vector<int64_t>& tokens, int64_t B, int64_t T, size_t last_node) {
   Impl& m = *impl_;
-  if (tokens.empty()) return InvalidArgument("forward_tokens: no tokens");
+  if (last_node >= m.steps.size())
+    return InvalidArgument("forward_prefix: node " + std::to_string(last_node) + " is beyond the " +
+                           std::to_string(m.steps.size()) + " nodes of the graph");
+  m.prefix_steps = last_node + 1;
+  auto r = forward_batch(tokens, B, T);
+  m.prefix_steps = 0;
+  return r.ok() ? Status::Ok() : r.status();
+}
+
+Result<std::vector<float>> ReferenceExecutor::forward_batch(const std::vector<int64_t>& tokens, int64_t B, int64_t T) {
+  Impl& m = *impl_;
+  if (tokens.empty() || B < 1 || T < 1 || static_cast<int64_t>(tokens.size()) != B * T)
+    return InvalidArgument("forward_tokens: need B*T tokens (B, T >= 1), got " + std::to_string(tokens.size()));
   if (m.input_names.empty() || m.output_names.empty())
     return InvalidArgument("forward_tokens: the graph needs a token input and a logits output");
   std::map<std::string, ir::Tensor> feed;
-  feed[m.input_names[0]] = ir::Tensor{DType::kI64, {1, static_cast<int64_t>(tokens.size())},
+  feed[m.input_names[0]] = ir::Tensor{DType::kI64, {B, T},
                                       std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(tokens.data()),
                                                            reinterpret_cast<const uint8_t*>(tokens.data() + tokens.size()))};
   for (size_t i = 1; i < m.input_names.size(); ++i) {
@@ -1045,17 +1058,16 @@ Result<std::vector<float>> ReferenceExecutor::forward_tokens(const std::vector<i
     ir::Tensor t;
     t.dtype = kind_of(vi.dtype) == Kind::kInt ? DType::kI64 : DType::kF32;
     for (size_t d = 0; d < vi.shape.size(); ++d)
-      t.shape.push_back(d == 0 ? 1 : vi.shape[d].is_static() ? vi.shape[d].value : 0);
+      t.shape.push_back(d == 0 ? B : vi.shape[d].is_static() ? vi.shape[d].value : 0);
     feed[name] = std::move(t);
   }
   KERF_ASSIGN_OR_RETURN(std::vector<ir::Tensor> outs, run(feed));
   if (m.prefix_steps > 0) return std::vector<float>{};  // forward_prefix
   if (outs.empty()) return Internal("forward_tokens: the graph produced no outputs");
   const ir::Tensor& lg = outs[0];
-  if (lg.dtype != DType::kF32 || lg.shape.size() != 3 || lg.shape[0] != 1 ||
-      lg.shape[1] != static_cast<int64_t>(tokens.size()))
+  if (lg.dtype != DType::kF32 || lg.shape.size() != 3 || lg.shape[0] != B || lg.shape[1] != T)
     return InvalidArgument("forward_tokens: first graph output '" + m.output_names[0] +
-                           "' is not float logits [1, T, V]");
+                           "' is not float logits [B, T, V]");
   std::vector<float> v(lg.data.size() / sizeof(float));
   if (!v.empty()) std::memcpy(v.data(), lg.data.data(), lg.data.size());
   return v;

@@ -128,6 +128,14 @@ class ReferenceExecutor {
   /// Errors: as forward_tokens; InvalidArgument when last_node >= num_nodes().
   Status forward_prefix(const std::vector<int64_t>& tokens, size_t last_node);
 
+  /// Batched forms: `tokens` holds B sequences of T ids each, row-major [B, T]. Sequences of
+  /// different lengths may be right-padded with any valid id: with causal attention the logits /
+  /// activations of the real positions do not depend on the padding after them (the caller
+  /// ignores the padded positions). forward_batch returns logits [B*T*V]; both leave the KV caches
+  /// of lifted graphs extended by the run (call reset_cache() before and after).
+  Result<std::vector<float>> forward_batch(const std::vector<int64_t>& tokens, int64_t B, int64_t T);
+  Status forward_prefix_batch(const std::vector<int64_t>& tokens, int64_t B, int64_t T, size_t last_node);
+
   /// Replaces initializer `name` by float32 `values` (row-major, same element count as the
   /// initializer; the initializer's shape is kept). Used to run the model with quantized weights.
   /// Errors: InvalidArgument for an unknown name or a size mismatch.

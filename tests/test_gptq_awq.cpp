@@ -429,6 +429,31 @@ TEST_CASE("output_error: hand-computed proxy", "[gptq]") {
   CHECK(output_error(z.data(), wh.data(), 1, 2, H.data()) == Approx(2.25 * 7));  // absolute when W H W^T = 0
 }
 
+TEST_CASE("output_error: both evaluation paths agree with a direct sum", "[gptq]") {
+  Rng rng(21);
+  const int64_t cols = 30;
+  std::vector<double> H(static_cast<size_t>(cols * cols));
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = 0; j <= i; ++j) H[i * cols + j] = H[j * cols + i] = rng.normal() + (i == j ? 40.0 : 0.0);
+  for (int64_t rows : {int64_t{3}, int64_t{100}}) {  // < 64 rows: D H products; else D^T D updates
+    std::vector<float> w(static_cast<size_t>(rows * cols)), wh(w.size());
+    for (size_t i = 0; i < w.size(); ++i) {
+      w[i] = static_cast<float>(rng.normal());
+      wh[i] = w[i] + static_cast<float>(0.1 * rng.normal());
+    }
+    double num = 0, den = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < cols; ++i)
+        for (int64_t j = 0; j < cols; ++j) {
+          const double di = double(w[r * cols + i]) - wh[r * cols + i], dj = double(w[r * cols + j]) - wh[r * cols + j];
+          num += di * H[i * cols + j] * dj;
+          den += double(w[r * cols + i]) * H[i * cols + j] * w[r * cols + j];
+        }
+    CHECK(output_error_abs(w.data(), wh.data(), rows, cols, H.data()) == Approx(num).epsilon(1e-10));
+    CHECK(output_error(w.data(), wh.data(), rows, cols, H.data()) == Approx(num / den).epsilon(1e-10));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- AWQ
 
 TEST_CASE("awq: scale search finds alpha > 0 with a lower loss on salient channels", "[awq]") {

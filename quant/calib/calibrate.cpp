@@ -113,6 +113,36 @@ std::vector<Stage> build_stages(const distill::ReferenceExecutor& ex) {
   return stages;
 }
 
+std::vector<Batch> make_batches(const std::vector<std::vector<int64_t>>& seqs, int64_t max_tokens) {
+  std::vector<size_t> order(seqs.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return seqs[a].size() < seqs[b].size(); });
+  std::vector<Batch> out;
+  size_t i = 0;
+  while (i < order.size()) {
+    // Rows of increasing length: the batch's T is its last (longest) row's length.
+    size_t j = i;
+    while (j < order.size() && j - i < 64) {
+      const int64_t T = static_cast<int64_t>(seqs[order[j]].size());
+      if (j > i && static_cast<int64_t>(j - i + 1) * T > max_tokens) break;
+      ++j;
+    }
+    Batch b;
+    b.B = static_cast<int64_t>(j - i);
+    b.T = static_cast<int64_t>(seqs[order[j - 1]].size());
+    for (size_t k = i; k < j; ++k) {
+      const auto& q = seqs[order[k]];
+      b.tokens.insert(b.tokens.end(), q.begin(), q.end());
+      b.tokens.insert(b.tokens.end(), static_cast<size_t>(b.T) - q.size(), q.empty() ? 0 : q.back());
+      b.lens.push_back(static_cast<int64_t>(q.size()));
+      b.index.push_back(order[k]);
+    }
+    out.push_back(std::move(b));
+    i = j;
+  }
+  return out;
+}
+
 Status observe(distill::ReferenceExecutor& ex, std::vector<Stage*> stages, const std::vector<std::vector<int64_t>>& calib) {
   if (stages.empty()) return Status::Ok();
   std::vector<size_t> nodes;
@@ -121,16 +151,29 @@ Status observe(distill::ReferenceExecutor& ex, std::vector<Stage*> stages, const
     nodes.push_back(s->node);
     last = std::max(last, s->node);
   }
+  const Batch* cur = nullptr;
+  std::vector<float> packed;
   ex.set_observer(
       [&](const distill::ReferenceExecutor::Observation& o) {
+        // Keep the rows of real positions only (row = b * T + t, real when t < lens[b]).
+        const float* data = o.data;
+        int64_t rows = o.rows;
+        if (cur && cur->B * cur->T == o.rows) {
+          packed.clear();
+          for (int64_t b = 0; b < cur->B; ++b)
+            packed.insert(packed.end(), o.data + b * cur->T * o.cols, o.data + (b * cur->T + cur->lens[static_cast<size_t>(b)]) * o.cols);
+          data = packed.data();
+          rows = static_cast<int64_t>(packed.size()) / o.cols;
+        }
         for (Stage* s : stages)
-          if (s->node == o.node_index && s->what == o.what) s->stats.add(o.data, o.rows, o.cols);
+          if (s->node == o.node_index && s->what == o.what) s->stats.add(data, rows, o.cols);
       },
       nodes);
   Status st = Status::Ok();
-  for (const auto& seq : calib) {
+  for (const Batch& b : make_batches(calib)) {
+    cur = &b;
     ex.reset_cache();
-    st = ex.forward_prefix(seq, last);
+    st = ex.forward_prefix_batch(b.tokens, b.B, b.T, last);
     if (!st.ok()) break;
   }
   ex.reset_cache();

@@ -179,35 +179,41 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
     for (const Stage& s : stages)
       for (const std::string& t : s.tensors) stats_of[t] = &s.stats;
   }
-  std::vector<std::vector<float>> ref_lp;
+  const std::vector<Batch> batches = make_batches(sens);
+  std::vector<std::vector<float>> ref_lp, ref_p;  // per batch: log p and p of the FP model, [B*T*V]
   int64_t V = 0, sens_tokens = 0;
-  for (const auto& seq : sens) {
+  for (const Batch& b : batches) {
     ex.reset_cache();
-    KERF_ASSIGN_OR_RETURN(std::vector<float> lg, ex.forward_tokens(seq));
-    V = static_cast<int64_t>(lg.size()) / static_cast<int64_t>(seq.size());
+    KERF_ASSIGN_OR_RETURN(std::vector<float> lg, ex.forward_batch(b.tokens, b.B, b.T));
+    V = static_cast<int64_t>(lg.size()) / (b.B * b.T);
     log_softmax_rows(lg, V);
+    std::vector<float> p(lg.size());
+    for (size_t i = 0; i < lg.size(); ++i) p[i] = std::exp(lg[i]);
     ref_lp.push_back(std::move(lg));
-    sens_tokens += static_cast<int64_t>(seq.size());
+    ref_p.push_back(std::move(p));
+    for (int64_t l : b.lens) sens_tokens += l;
   }
   ex.reset_cache();
   auto measure = [&]() -> Result<double> {
     double kl = 0;
     int64_t n = 0;
-    for (size_t i = 0; i < sens.size(); ++i) {
+    for (size_t i = 0; i < batches.size(); ++i) {
+      const Batch& b = batches[i];
       ex.reset_cache();
-      KERF_ASSIGN_OR_RETURN(std::vector<float> lg, ex.forward_tokens(sens[i]));
+      KERF_ASSIGN_OR_RETURN(std::vector<float> lg, ex.forward_batch(b.tokens, b.B, b.T));
       log_softmax_rows(lg, V);
       const std::vector<float>& rp = ref_lp[i];
-      const int64_t T = static_cast<int64_t>(sens[i].size());
-      for (int64_t t = 0; t < T; ++t) {
-        double s = 0;
-        for (int64_t v = 0; v < V; ++v) {
-          const double lp = rp[static_cast<size_t>(t * V + v)];
-          s += std::exp(lp) * (lp - static_cast<double>(lg[static_cast<size_t>(t * V + v)]));
+      const std::vector<float>& pp = ref_p[i];
+      for (int64_t r = 0; r < b.B; ++r)
+        for (int64_t t = 0; t < b.lens[static_cast<size_t>(r)]; ++t) {
+          const size_t base = static_cast<size_t>((r * b.T + t) * V);
+          double s = 0;
+          for (int64_t v = 0; v < V; ++v)
+            s += static_cast<double>(pp[base + static_cast<size_t>(v)]) *
+                 static_cast<double>(rp[base + static_cast<size_t>(v)] - lg[base + static_cast<size_t>(v)]);
+          kl += s;
+          ++n;
         }
-        kl += s;
-        ++n;
-      }
     }
     ex.reset_cache();
     return n ? kl / static_cast<double>(n) : 0.0;

@@ -20,6 +20,17 @@ struct Stage {
   InputStats stats;
 };
 
+/// Sequences packed for batched forwards: sorted by length, right-padded with the sequence's last
+/// token to the longest of the batch (causal attention: padding never affects real positions).
+struct Batch {
+  std::vector<int64_t> tokens;  ///< [B * T]
+  int64_t B = 0, T = 0;
+  std::vector<int64_t> lens;    ///< real length of each row
+  std::vector<size_t> index;    ///< original sequence index of each row
+};
+/// At most `max_tokens` (B * T) per batch, at least one sequence.
+std::vector<Batch> make_batches(const std::vector<std::vector<int64_t>>& seqs, int64_t max_tokens = 4096);
+
 /// Stages in executor order: Linear nodes grouped by input value, GatedFFN as (w1, w3) then (w2).
 std::vector<Stage> build_stages(const distill::ReferenceExecutor& ex);
 

@@ -110,8 +110,8 @@ TEST_CASE("stories260K artifact reproduces the fp32 reference logits", "[executo
   REQUIRE(ref[0].size() == 512);
   const std::vector<int32_t> toks = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426};
   const int N = 16, V = 512;
-  auto run = [&](fmt::DType dt, uint32_t group, std::vector<float>* out) {
-    Loaded L(c, w, dt, group);
+  auto run = [&](fmt::DType dt, uint32_t group, std::vector<float>* out, uint32_t flags = 0) {
+    Loaded L(c, w, dt, group, flags);
     // the tokenizer in the artifact gives the reference tokens
     std::vector<int32_t> enc(64);
     int n = 0;
@@ -159,5 +159,17 @@ TEST_CASE("stories260K artifact reproduces the fp32 reference logits", "[executo
   run(fmt::DType::kQ4Asym, 32, &q4);
   score(q4, &nll, &agree, &maxdiff);
   WARN("stories260K prompt: q4_asym g32 mean NLL " << nll << ", top-1 agreement " << agree << "/" << N);
+  CHECK(nll < 1.0);
+  // Generic dtypes (format 1.1). qasym4/f16 is byte-identical to q4_asym: same logits, bit for bit.
+  std::vector<float> g;
+  run(fmt::DType::kQAsym, 32, &g, fmt::make_qflags(4, fmt::ScaleFormat::kF16));
+  CHECK(g == q4);
+  run(fmt::DType::kQSym, 32, &g, fmt::make_qflags(8, fmt::ScaleFormat::kF16));
+  score(g, &nll, &agree, &maxdiff);
+  CHECK(agree >= N - 1);
+  CHECK(nll < 0.15);
+  run(fmt::DType::kQAsym, 32, &g, fmt::make_qflags(5, fmt::ScaleFormat::kK6));
+  score(g, &nll, &agree, &maxdiff);
+  WARN("stories260K prompt: qasym5/k6 g32 mean NLL " << nll << ", top-1 agreement " << agree << "/" << N);
   CHECK(nll < 1.0);
 }
