@@ -51,7 +51,7 @@ Result<std::string> inspect_artifact(const std::string& path) {
     std::string shape = "[";
     for (uint32_t d = 0; d < ti.rank; ++d) shape += (d ? "," : "") + std::to_string(ti.shape[d]);
     shape += "]";
-    std::snprintf(buf, sizeof buf, "  %-40s %-8s %-14s %6u %10llu\n", ti.name, (ti.precision ? ti.precision : ti.dtype_name), shape.c_str(), ti.group_size,
+    std::snprintf(buf, sizeof buf, "  %-40s %-16s %-14s %6u %10llu\n", ti.name, (ti.precision ? ti.precision : ti.dtype_name), shape.c_str(), ti.group_size,
                   static_cast<unsigned long long>(ti.bytes));
     os << buf;
     total += ti.bytes;
