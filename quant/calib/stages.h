@@ -29,7 +29,7 @@ struct Batch {
   std::vector<size_t> index;    ///< original sequence index of each row
 };
 /// At most `max_tokens` (B * T) per batch, at least one sequence.
-std::vector<Batch> make_batches(const std::vector<std::vector<int64_t>>& seqs, int64_t max_tokens = 4096);
+std::vector<Batch> make_batches(const std::vector<std::vector<int64_t>>& seqs, int64_t max_tokens = 512);
 
 /// Stages in executor order: Linear nodes grouped by input value, GatedFFN as (w1, w3) then (w2).
 std::vector<Stage> build_stages(const distill::ReferenceExecutor& ex);
