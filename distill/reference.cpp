@@ -1,5 +1,6 @@
 // kerf reference executor: kerf IR -> LibTorch (ATen), float32. See distill/reference.h.
 #include "distill/reference.h"
+#include "distill/reference_torch.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -722,6 +723,7 @@ struct ReferenceExecutor::Impl {
   int64_t opset = 17;
   int threads = 1;
   std::unordered_map<std::string, int> initializer_slots;
+  std::vector<at::Tensor> train_constants;    // forward_train: normal (non-inference) copies
   ReferenceExecutor::Observer observer;
   std::vector<bool> observed;                 // per step
   size_t prefix_steps = 0;                    // > 0 while forward_prefix runs
@@ -1000,6 +1002,7 @@ Status ReferenceExecutor::set_weight(const std::string& name, const std::vector<
     at::Tensor t = at::empty(cur.sizes(), at::kFloat);
     std::memcpy(t.data_ptr<float>(), values.data(), values.size() * sizeof(float));
     cur = t;
+    m.train_constants.clear();
   } catch (const c10::Error& e) {
     return Internal(std::string("set_weight: ") + e.what_without_backtrace());
   }
@@ -1071,6 +1074,49 @@ Result<std::vector<float>> ReferenceExecutor::forward_batch(const std::vector<in
   std::vector<float> v(lg.data.size() / sizeof(float));
   if (!v.empty()) std::memcpy(v.data(), lg.data.data(), lg.data.size());
   return v;
+}
+
+struct TrainAccess {
+  static Result<at::Tensor> forward(ReferenceExecutor& ex, const at::Tensor& tokens,
+                                    const std::map<std::string, at::Tensor>& params) {
+    ReferenceExecutor::Impl& m = *ex.impl_;
+    if (tokens.dim() != 2 || tokens.scalar_type() != at::kLong)
+      return InvalidArgument("forward_train: tokens must be int64 [B, T]");
+    if (m.input_slots.empty() || m.output_slots.empty()) return InvalidArgument("forward_train: no token input / logits output");
+    try {
+      // Autograd-capable copies of the constants (the executor's own are inference tensors).
+      if (m.train_constants.size() != m.constants.size()) {
+        m.train_constants.assign(m.constants.size(), at::Tensor());
+        for (size_t i = 0; i < m.constants.size(); ++i)
+          if (m.constants[i].defined()) m.train_constants[i] = m.constants[i].clone();
+      }
+      std::vector<at::Tensor> env = m.train_constants;
+      for (const auto& [name, t] : params) {
+        auto it = m.initializer_slots.find(name);
+        if (it == m.initializer_slots.end()) return InvalidArgument("forward_train: '" + name + "' is not an initializer");
+        if (t.sizes() != m.constants[static_cast<size_t>(it->second)].sizes())
+          return InvalidArgument("forward_train: '" + name + "' has shape " + c10::str(t.sizes()) + ", expected " +
+                                 c10::str(m.constants[static_cast<size_t>(it->second)].sizes()));
+        env[static_cast<size_t>(it->second)] = t;
+      }
+      env[static_cast<size_t>(m.input_slots[0])] = tokens;
+      std::vector<KV> staged(m.caches.size());
+      std::vector<KV> saved = std::move(m.caches);
+      m.caches.assign(saved.size(), KV{});  // positions start at 0
+      Status st = m.run_steps(env, staged, m.steps.size());
+      m.caches = std::move(saved);
+      if (!st.ok()) return st;
+      at::Tensor out = env[static_cast<size_t>(m.output_slots[0])];
+      if (!out.defined()) return Internal("forward_train: logits were not computed");
+      return out;
+    } catch (const c10::Error& e) {
+      return Internal(std::string("forward_train: ") + e.what_without_backtrace());
+    }
+  }
+};
+
+Result<at::Tensor> forward_train(ReferenceExecutor& ex, const at::Tensor& tokens, const std::map<std::string, at::Tensor>& params) {
+  return TrainAccess::forward(ex, tokens, params);
 }
 
 void ReferenceExecutor::reset_cache() {

@@ -148,6 +148,7 @@ class ReferenceExecutor {
   // extension: the caches are already [B, G, P, Dh] and run() accepts any batch size.
 
  private:
+  friend struct TrainAccess;  // distill/reference_torch.h
   struct Impl;
   explicit ReferenceExecutor(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

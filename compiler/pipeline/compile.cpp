@@ -200,6 +200,42 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const st
     }
   }
 
+  if (r.qad) {
+    if (opt.calib_path.empty())
+      return InvalidArgument("quantization-aware distillation needs training text: pass --calib FILE (stories " +
+                             std::to_string(r.qad_stories.begin) + ":" + std::to_string(r.qad_stories.end) + " are used)");
+    const auto tq = std::chrono::steady_clock::now();
+    int64_t max_seq = 512;
+    auto ms = lifted.metadata.find("model.max_seq_len");
+    if (ms != lifted.metadata.end()) max_seq = std::stoll(ms->second);
+    std::string src;
+    KERF_ASSIGN_OR_RETURN(auto seqs, calibration_sequences(opt.calib_path, r.qad_stories, 0, tokenizer, vocab, max_seq, &src));
+    const size_t n_val = static_cast<size_t>(std::floor(r.qad_val_fraction * static_cast<double>(seqs.size())));
+    std::vector<std::vector<int64_t>> val(seqs.end() - static_cast<std::ptrdiff_t>(n_val), seqs.end());
+    seqs.resize(seqs.size() - n_val);
+    std::map<std::string, std::pair<quant::QSpec, quant::ParamRule>> prec;
+    for (auto& [t, ch] : choices) {
+      // The emitted quantizer must be the one in the training forward: RTN with the tensor's rule
+      // (the importance search uses calibration statistics the training forward does not have).
+      if (ch.rule == quant::ParamRule::kSearch) ch.rule = quant::ParamRule::kRtn;
+      ch.method = quant::Method::kRtn;
+      prec[t] = {ch.spec, ch.rule};
+    }
+    const ir::Graph teacher = lifted;
+    distill::QadOptions qo = r.qad_options;
+    qo.threads = opt.threads;
+    qo.progress = progress;
+    auto qr = distill::quantization_aware_distill(lifted, teacher, prec, seqs, val, qo);
+    if (!qr.ok()) return qr.status().with_context("quantization-aware distillation");
+    s->qad_log = qr->log;
+    char buf[300];
+    std::snprintf(buf, sizeof buf, "qad: %d steps on %s minus %zu validation sequences; val KL %.4f -> %.4f (best, step %d), %.1f s, %.0f tok/s",
+                  qr->steps, src.c_str(), n_val, qr->val_kl_initial, qr->val_kl_best, qr->best_step, qr->seconds, qr->tokens_per_second);
+    s->qad_log.push_back(buf);
+    (*meta)["compile.qad"] = buf;
+    s->qad_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tq).count();
+  }
+
   quant::CalibOptions co;
   co.threads = opt.threads;
   co.sequential = r.sequential;
@@ -217,10 +253,11 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const st
     if (r.strict && p.note.find("skipped") != std::string::npos)
       return InvalidArgument("--strict: weight '" + p.name + "': " + p.note);
   }
-  meta->clear();
+  for (auto it = meta->begin(); it != meta->end();) it = it->first.rfind("quant.sensitivity.", 0) == 0 ? meta->erase(it) : std::next(it);
   if (r.mixed && r.strict && s->quant.bpw > r.mixed_bpw + 1e-9)
     return InvalidArgument("--strict: allocated " + std::to_string(s->quant.bpw) + " bpw exceeds the budget " + std::to_string(r.mixed_bpw));
-  s->recipe = r.name + (r.mixed ? " (mixed, budget " + std::to_string(r.mixed_bpw).substr(0, 5) + " bpw)" : "");
+  s->recipe = r.name + (r.mixed ? " (mixed, budget " + std::to_string(r.mixed_bpw).substr(0, 5) + " bpw)" : "") +
+              (r.qad ? " + quantization-aware distillation" : "");
   (*meta)["compile.recipe_text"] = r.source_text;
   if (s->recipe_hash) (*meta)["compile.recipe_hash"] = hex64(s->recipe_hash);
   if (!calib.empty()) {
@@ -347,6 +384,7 @@ std::string compile_summary_text(const CompileOptions& opt, const CompileSummary
   os << "  recipe: " << s.recipe << "\n";
   if (!s.calib_source.empty()) os << "  calibration: " << s.calib_source << " (hash " << hex64(s.calib_hash) << ")\n";
   for (const auto& l : s.mixed_log) os << "  allocator: " << l << "\n";
+  if (!s.qad_log.empty()) os << "  " << s.qad_log.back() << "\n";
   if (s.calibrated) {
     os << "  tensor                               precision          method        shape     bits/w  rel.err  out.err  sens.KL\n";
     for (const auto& p : s.quant.plan) {
@@ -385,8 +423,8 @@ std::string compile_summary_text(const CompileOptions& opt, const CompileSummary
                 s.total_seconds, s.import_seconds, s.passes_seconds, s.verify_seconds, s.quant_seconds, s.write_seconds);
   os << buf;
   if (s.calibrated) {
-    std::snprintf(buf, sizeof buf, "  quantization wall time: %.2f s (mixed-precision allocation %.2f s, calibrated quantization %.2f s)\n",
-                  s.quant_seconds, s.mixed_seconds, s.calib_seconds);
+    std::snprintf(buf, sizeof buf, "  quantization wall time: %.2f s (mixed-precision allocation %.2f s, distillation %.2f s, calibrated quantization %.2f s)\n",
+                  s.quant_seconds, s.mixed_seconds, s.qad_seconds, s.calib_seconds);
     os << buf;
   }
   return os.str();

@@ -50,7 +50,8 @@ struct CompileSummary {
   std::string calib_source;          ///< "FILE stories A:B, N sequences, T tokens"
   uint64_t calib_hash = 0;           ///< XXH64 of the calibration token ids (int64 LE)
   uint64_t recipe_hash = 0;          ///< XXH64 of the recipe file (0: none)
-  double calib_seconds = 0, mixed_seconds = 0;
+  double calib_seconds = 0, mixed_seconds = 0, qad_seconds = 0;
+  std::vector<std::string> qad_log;   ///< distillation progress (validation lines, summary last)
   std::vector<std::string> mixed_log; ///< allocator rounds
   double mixed_budget = 0;            ///< requested bpw (0: no allocation)
 };

@@ -97,7 +97,7 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
   if (!root.IsMap()) return BadInput(label + ": a recipe must be a YAML mapping");
   try {
     KERF_RETURN_IF_ERROR(check_keys(c, root, "",
-                                    {"name", "description", "calibration", "default", "gptq", "awq", "tensors", "mixed", "strict"}));
+                                    {"name", "description", "calibration", "default", "gptq", "awq", "tensors", "mixed", "qad", "strict"}));
     if (root["name"]) KERF_RETURN_IF_ERROR(get(c, root["name"], "name", &r.name));
     if (root["strict"]) KERF_RETURN_IF_ERROR(get(c, root["strict"], "strict", &r.strict));
     if (const YAML::Node cal = root["calibration"]) {
@@ -182,6 +182,37 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
       if (m["sensitivity_tokens"])
         KERF_RETURN_IF_ERROR(get(c, m["sensitivity_tokens"], "mixed.sensitivity_tokens", &r.sensitivity_tokens));
       if (r.sensitivity_tokens < 16) return c.err("mixed.sensitivity_tokens", "must be >= 16");
+    }
+    if (const YAML::Node q = root["qad"]) {
+      KERF_RETURN_IF_ERROR(check_keys(c, q, "qad",
+                                      {"steps", "lr", "batch", "seq_len", "stories", "val_fraction", "temperature", "seed",
+                                       "weight_decay", "warmup", "eval_every"}));
+      r.qad = true;
+      auto& o = r.qad_options;
+      if (q["steps"]) KERF_RETURN_IF_ERROR(get(c, q["steps"], "qad.steps", &o.steps));
+      if (q["lr"]) KERF_RETURN_IF_ERROR(get(c, q["lr"], "qad.lr", &o.lr));
+      if (q["batch"]) KERF_RETURN_IF_ERROR(get(c, q["batch"], "qad.batch", &o.batch));
+      if (q["seq_len"]) KERF_RETURN_IF_ERROR(get(c, q["seq_len"], "qad.seq_len", &o.seq_len));
+      if (q["temperature"]) KERF_RETURN_IF_ERROR(get(c, q["temperature"], "qad.temperature", &o.temperature));
+      if (q["weight_decay"]) KERF_RETURN_IF_ERROR(get(c, q["weight_decay"], "qad.weight_decay", &o.weight_decay));
+      if (q["warmup"]) KERF_RETURN_IF_ERROR(get(c, q["warmup"], "qad.warmup", &o.warmup));
+      if (q["eval_every"]) KERF_RETURN_IF_ERROR(get(c, q["eval_every"], "qad.eval_every", &o.eval_every));
+      if (q["seed"]) KERF_RETURN_IF_ERROR(get(c, q["seed"], "qad.seed", &o.seed));
+      if (q["val_fraction"]) KERF_RETURN_IF_ERROR(get(c, q["val_fraction"], "qad.val_fraction", &r.qad_val_fraction));
+      if (q["stories"]) {
+        std::string s;
+        KERF_RETURN_IF_ERROR(get(c, q["stories"], "qad.stories", &s));
+        auto sr = parse_story_range(s);
+        if (!sr.ok()) return c.err("qad.stories", sr.status().message());
+        r.qad_stories = *sr;
+      }
+      if (o.steps < 1 || o.steps > 1000000) return c.err("qad.steps", "must be in 1..1000000");
+      if (!(o.lr > 0 && o.lr < 1)) return c.err("qad.lr", "must be in (0, 1)");
+      if (o.batch < 1 || o.batch > 4096) return c.err("qad.batch", "must be in 1..4096");
+      if (o.seq_len < 2) return c.err("qad.seq_len", "must be >= 2");
+      if (!(o.temperature > 0)) return c.err("qad.temperature", "must be > 0");
+      if (o.warmup < 0 || o.eval_every < 1) return c.err("qad", "warmup must be >= 0 and eval_every >= 1");
+      if (!(r.qad_val_fraction >= 0 && r.qad_val_fraction < 0.5)) return c.err("qad.val_fraction", "must be in [0, 0.5)");
     }
   } catch (const YAML::Exception& e) {
     return BadInput(label + ": " + e.what());

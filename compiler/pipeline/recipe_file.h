@@ -21,6 +21,15 @@
 //     rule: search
 //     rounds: 1                           # re-measurement rounds (quant/calib/mixed.h)
 //     sensitivity_tokens: 4096            # tokens of the calibration text used to measure KL
+//   qad:                                  # optional: quantization-aware distillation (distill/qad.h)
+//     steps: 300                          #   before the final quantization; the trained weights
+//     lr: 0.001                           #   are quantized with RTN under each tensor's precision
+//     batch: 8                            #   and rule ("search" becomes "rtn": the quantizer in
+//     seq_len: 256                        #   the training forward must be the one emitted)
+//     stories: "0:400"                    #   training stories of the --calib text (never 400-799)
+//     val_fraction: 0.05                  #   the last 5 % of them: validation / early stopping
+//     temperature: 1.0
+//     seed: 0
 //   strict: false                         # fail instead of noting when something is not as asked
 //
 // Roles for `match`: "all", "linear" (every matrix but the embedding), "embedding" (the embedding
@@ -40,6 +49,7 @@
 
 #include "compiler/ir/status.h"
 #include "compiler/pipeline/text.h"
+#include "distill/qad.h"
 #include "quant/calib/calibrate.h"
 #include "quant/calib/mixed.h"
 #include "quant/recipe.h"
@@ -69,6 +79,10 @@ struct Recipe {
   int rounds = 1;
   int64_t sensitivity_tokens = 4096;
   bool strict = false;
+  bool qad = false;
+  distill::QadOptions qad_options;
+  StoryRange qad_stories{0, 400};
+  double qad_val_fraction = 0.05;
 };
 
 /// Parses a recipe. Errors: kIo (unreadable), kBadInput naming the file, the key and what is wrong

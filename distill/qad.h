@@ -1,0 +1,60 @@
+// kerf distill: quantization-aware distillation (QAD) of a lifted LM graph, LibTorch autograd.
+//
+// Student = the graph whose weight matrices are fake-quantized in every forward with the exact
+// quantizer the artifact will use (quant/qspec.h quantize_rtn with the tensor's precision and rule,
+// snapped to the representable grid), gradients passed straight through (STE, Bengio et al. 2013:
+// W_eff = W + stopgrad(Q(W) - W)); teacher = the FP graph. Loss = T^2 * KL(softmax(z_t / T) ||
+// softmax(z_s / T)) per token (Hinton et al. 2015), averaged over the real (unpadded) positions.
+// AdamW (Loshchilov & Hutter 2019), linear warm-up then cosine decay to 10 % of the peak learning
+// rate, global gradient-norm clipping. Norm weights are trained too (stored in f32). Batches are
+// drawn with a seeded RNG from the training sequences; every `eval_every` steps the KL on the
+// validation sequences is measured and the best weights are kept (early stopping on validation).
+// After training, quantizing each matrix with quantize_rtn(spec, rule) reproduces the forward the
+// student was trained with: the emitted artifact is the model that was trained.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "compiler/ir/ir.h"
+#include "compiler/ir/status.h"
+#include "quant/qspec.h"
+
+namespace kerf::distill {
+
+struct QadOptions {
+  int steps = 300;               ///< optimizer steps
+  int batch = 8;                 ///< sequences per step
+  int seq_len = 256;             ///< tokens per sequence (longer ones are cut at a random offset)
+  double lr = 1e-3;              ///< peak learning rate
+  double weight_decay = 0.0;     ///< AdamW decoupled weight decay
+  int warmup = 20;               ///< linear warm-up steps
+  double temperature = 1.0;      ///< distillation temperature T
+  double clip = 1.0;             ///< max global gradient norm (0 = none)
+  int eval_every = 50;           ///< validation KL every N steps (and at the end)
+  uint64_t seed = 0;
+  int threads = 0;               ///< LibTorch threads (0 = all cores)
+  std::function<void(const std::string&)> progress;  ///< "qad step 50/300 loss 0.41 val.kl 0.38 1234 tok/s ETA 40 s"
+};
+
+struct QadReport {
+  int steps = 0, best_step = 0;
+  double val_kl_initial = 0, val_kl_best = 0, val_kl_final = 0;  ///< fake-quantized student vs teacher
+  double seconds = 0, tokens_per_second = 0;
+  std::vector<std::string> log;  ///< one line per validation
+};
+
+/// Trains `student` in place (its weight-matrix and norm initializers become float32, the
+/// trained latent weights). `precision` gives every weight matrix's precision and rule (plain
+/// precisions are trained without fake quantization). `teacher` is the FP graph (same
+/// structure). Errors: kInvalidArgument (no training sequences, bad options, a matrix without a
+/// precision), and the executor's / quantizer's errors.
+Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph& teacher,
+                                             const std::map<std::string, std::pair<quant::QSpec, quant::ParamRule>>& precision,
+                                             const std::vector<std::vector<int64_t>>& train,
+                                             const std::vector<std::vector<int64_t>>& val, const QadOptions& opt);
+
+}  // namespace kerf::distill
