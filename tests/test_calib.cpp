@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -414,4 +415,37 @@ TEST_CASE("quantization-aware distillation lowers the KL, and the emitted quanti
     }
   }
   CHECK(kl / static_cast<double>(n) == Approx(rep->val_kl_best).epsilon(1e-3));
+}
+
+TEST_CASE("kerf compile: recipes needing calibration say so; --strict rejects an override that matches nothing",
+          "[calib][recipe]") {
+  pipeline::CompileOptions o;
+  o.model_path = kModel;
+  o.output_path = std::string(KERF_BINARY_DIR) + "/test_strict.kerf";
+  o.recipe_path = std::string(KERF_SOURCE_DIR) + "/examples/recipes/int4-gptq.yaml";
+  auto r = pipeline::compile(o);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == ErrorCode::kInvalidArgument);
+  CHECK_THAT(r.status().message(), Catch::Contains("--calib"));
+  CHECK_FALSE(std::filesystem::exists(o.output_path));
+
+  const std::string rp = std::string(KERF_BINARY_DIR) + "/test_strict_recipe.yaml";
+  {
+    std::ofstream f(rp);
+    f << "default: {precision: int4_asym:g32, method: rtn, rule: rtn}\n"
+         "tensors:\n  - {match: \"model.nonexistent.*\", precision: int8_sym:row}\n";
+  }
+  o.recipe_path = rp;
+  o.strict = true;
+  auto s = pipeline::compile(o);
+  REQUIRE_FALSE(s.ok());
+  CHECK_THAT(s.status().message(), Catch::Contains("--strict") && Catch::Contains("model.nonexistent.*"));
+  CHECK_FALSE(std::filesystem::exists(o.output_path));
+  o.strict = false;  // without --strict it compiles (RTN needs no calibration)
+  auto ok = pipeline::compile(o);
+  INFO(ok.status().to_string());
+  REQUIRE(ok.ok());
+  CHECK(ok->quant.plan.size() == 36);
+  std::filesystem::remove(o.output_path);
+  std::filesystem::remove(rp);
 }
