@@ -248,6 +248,7 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const st
   s->calib_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tq).count();
   (void)t0;
   for (auto& p : s->quant.plan) {
+    if (r.qad) p.method += "+qad";
     auto it = meta->find("quant.sensitivity." + p.name);
     if (it != meta->end()) p.sensitivity = std::stod(it->second);
     if (r.strict && p.note.find("skipped") != std::string::npos)

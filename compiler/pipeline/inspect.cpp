@@ -15,7 +15,7 @@ namespace kerf {
 
 namespace {
 
-Result<std::string> inspect_artifact(const std::string& path) {
+Result<std::string> inspect_artifact(const std::string& path, bool full) {
   char err[512] = {0};
   kerf_model* m = nullptr;
   int rc = kerf_model_open(path.c_str(), KERF_OPEN_VERIFY_DATA, &m, err, sizeof err);
@@ -36,7 +36,21 @@ Result<std::string> inspect_artifact(const std::string& path) {
       std::snprintf(buf, sizeof buf, "  %s = %.6g\n", key, fv);
       os << buf;
     } else if (kerf_model_meta_string(m, key, &s, &n) == 0) {
-      os << "  " << key << " = \"" << std::string(s, n) << "\"\n";
+      // Text is printed with \n escaped (long values cut unless --full); binary values (the
+      // tokenizer file) by size only.
+      bool text = true;
+      for (size_t k = 0; k < n && text; ++k) {
+        const unsigned char c = static_cast<unsigned char>(s[k]);
+        text = c >= 0x20 || c == '\n' || c == '\t';
+      }
+      if (!text) {
+        os << "  " << key << " = <" << n << " bytes>\n";
+        continue;
+      }
+      std::string v;
+      for (size_t k = 0; k < n; ++k) v += s[k] == '\n' ? std::string("\\n") : std::string(1, s[k]);
+      if (!full && v.size() > 240) v = v.substr(0, 240) + "... (" + std::to_string(n) + " bytes)";
+      os << "  " << key << " = \"" << v << "\"\n";
     } else {
       os << "  " << key << " = <bytes>\n";
     }
@@ -73,7 +87,7 @@ Result<std::string> inspect(const std::string& path, const std::string& pipeline
     if (!f) return IoError(path + ": cannot open");
     f.read(magic, 8);
   }
-  if (std::memcmp(magic, fmt::kMagic, 8) == 0) return inspect_artifact(path);
+  if (std::memcmp(magic, fmt::kMagic, 8) == 0) return inspect_artifact(path, full);
   KERF_ASSIGN_OR_RETURN(ir::Graph g, import_onnx(path));
   const size_t imported = g.nodes.size();
   PassContext ctx;
