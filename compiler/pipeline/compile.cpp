@@ -55,12 +55,15 @@ Result<Recipe> effective_recipe(const CompileOptions& opt) {
     r.default_choice.spec = quant::QSpec{quant::QKind::kAsym, 4, 32, fmt::ScaleFormat::kF16};
     r.default_choice.method = quant::Method::kGptq;
     r.default_choice.rule = quant::ParamRule::kSearch;
-    RecipeOverride emb;
-    emb.match = "embedding";
-    emb.choice.spec = quant::QSpec{quant::QKind::kSym, 8, 0, fmt::ScaleFormat::kF16};
-    emb.choice.method = quant::Method::kRtn;
-    emb.choice.rule = quant::ParamRule::kSearch;
-    r.overrides.push_back(emb);
+    // The embedding stays INT8 per row unless a budget is given: then the allocator decides it too.
+    if (!(opt.bpw > 0)) {
+      RecipeOverride emb;
+      emb.match = "embedding";
+      emb.choice.spec = quant::QSpec{quant::QKind::kSym, 8, 0, fmt::ScaleFormat::kF16};
+      emb.choice.method = quant::Method::kRtn;
+      emb.choice.rule = quant::ParamRule::kSearch;
+      r.overrides.push_back(emb);
+    }
   }
   if (!opt.method.empty()) {
     KERF_ASSIGN_OR_RETURN(r.default_choice.method, quant::parse_method(opt.method));
