@@ -28,7 +28,8 @@ namespace kerf::distill {
 struct QadOptions {
   int steps = 300;               ///< optimizer steps
   int batch = 8;                 ///< sequences per step
-  int seq_len = 256;             ///< tokens per sequence (longer ones are cut at a random offset)
+  int seq_len = 512;             ///< tokens per sequence (longer ones are cut at a random offset); use the
+                                 ///< model's max_seq_len: positions never trained degrade
   double lr = 1e-3;              ///< peak learning rate
   double weight_decay = 0.0;     ///< AdamW decoupled weight decay
   int warmup = 20;               ///< linear warm-up steps

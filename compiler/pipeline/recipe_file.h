@@ -25,7 +25,7 @@
 //     steps: 300                          #   before the final quantization; the trained weights
 //     lr: 0.001                           #   are quantized with RTN under each tensor's precision
 //     batch: 8                            #   and rule ("search" becomes "rtn": the quantizer in
-//     seq_len: 256                        #   the training forward must be the one emitted)
+//     seq_len: 512                        #   the training forward must be the one emitted)
 //     stories: "0:400"                    #   training stories of the --calib text (never 400-799)
 //     val_fraction: 0.05                  #   the last 5 % of them: validation / early stopping
 //     temperature: 1.0
