@@ -145,7 +145,6 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const st
 
   // Calibration data.
   std::vector<std::vector<int64_t>> calib;
-  const auto t0 = std::chrono::steady_clock::now();
   if (!opt.calib_path.empty()) {
     StoryRange range{0, 128};
     if (r.calib_stories) range = *r.calib_stories;
@@ -249,7 +248,6 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const st
   const auto tq = std::chrono::steady_clock::now();
   KERF_ASSIGN_OR_RETURN(s->quant, quant::quantize_calibrated(lifted, choices, calib, co));
   s->calib_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tq).count();
-  (void)t0;
   for (auto& p : s->quant.plan) {
     if (r.qad) p.method += "+qad";
     auto it = meta->find("quant.sensitivity." + p.name);

@@ -385,6 +385,7 @@ Result<QuantizedModel> quantize_calibrated(ir::Graph& g, const std::map<std::str
     std::vector<int64_t> shape;
     KERF_ASSIGN_OR_RETURN(std::vector<float> w, ex.weight(t, &shape));
     const int64_t rows = shape[0], cols = shape[1];
+    const std::vector<float> w0 = w;  // post-fold, pre-clip: the weights the error figures compare with
     std::string note = notes[t];
     if (opt.awq_clip && (c.method == Method::kAwq || c.method == Method::kAwqGptq) && stats && stats->cols == cols &&
         !c.spec.plain()) {
@@ -394,8 +395,6 @@ Result<QuantizedModel> quantize_calibrated(ir::Graph& g, const std::map<std::str
     auto q = quantize_one(w, rows, cols, c, stats, opt.gptq, &note);
     if (!q.ok()) return q.status().with_context("weight '" + t + "' (" + to_string(c) + ")");
     KERF_ASSIGN_OR_RETURN(std::vector<float> dq, dequantize(*q));
-    // original (pre-clip, post-fold) weights for the error figures
-    KERF_ASSIGN_OR_RETURN(std::vector<float> w0, ex.weight(t));
     TensorPlan p;
     p.name = t;
     p.dtype = q->dtype;

@@ -219,6 +219,20 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
     return n ? kl / static_cast<double>(n) : 0.0;
   };
 
+  // A choice as the sensitivity pass quantizes it: AWQ candidates by their GPTQ / RTN part (no
+  // folding here), GPTQ falls back to RTN for a matrix without input statistics (an untied table).
+  auto quantize_as = [&](const WeightUse& u, const std::vector<float>& w, TensorChoice ch) -> Result<std::vector<float>> {
+    if (ch.method == Method::kAwq) ch.method = Method::kRtn;
+    if (ch.method == Method::kAwqGptq) ch.method = Method::kGptq;
+    auto it = stats_of.find(u.tensor);
+    const InputStats* st = it != stats_of.end() ? it->second : nullptr;
+    if (ch.method == Method::kGptq && !st) ch.method = Method::kRtn;
+    std::string note;
+    auto q = quantize_one(w, u.rows, u.cols, ch, st, opt.gptq, &note);
+    if (!q.ok()) return q.status().with_context("mixed precision: '" + u.tensor + "' as " + to_string(ch));
+    return dequantize(*q);
+  };
+
   // Dequantized weights per (free tensor, candidate), and FP weights.
   const size_t NC = opt.candidates.size();
   std::map<std::string, std::vector<float>> fp;
@@ -229,15 +243,7 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
     KERF_ASSIGN_OR_RETURN(fp[u.tensor], ex.weight(u.tensor));
     auto& dv = deq[u.tensor];
     for (size_t c = 0; c < NC; ++c) {
-      TensorChoice ch = opt.candidates[c];
-      if (ch.method == Method::kAwq) ch.method = Method::kRtn;
-      if (ch.method == Method::kAwqGptq) ch.method = Method::kGptq;
-      std::string note;
-      auto st = stats_of.count(u.tensor) ? stats_of[u.tensor] : nullptr;
-      if ((ch.method == Method::kGptq) && !st) ch.method = Method::kRtn;
-      auto q = quantize_one(fp[u.tensor], u.rows, u.cols, ch, st, opt.gptq, &note);
-      if (!q.ok()) return q.status().with_context("mixed precision: '" + u.tensor + "' as " + to_string(ch));
-      KERF_ASSIGN_OR_RETURN(std::vector<float> d, dequantize(*q));
+      KERF_ASSIGN_OR_RETURN(std::vector<float> d, quantize_as(u, fp[u.tensor], opt.candidates[c]));
       dv.push_back(std::move(d));
       items[i][c].bits = spec_bits(opt.candidates[c].spec, u.rows, u.cols);
     }
@@ -247,15 +253,7 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
     auto f = opt.fixed.find(u.tensor);
     if (f == opt.fixed.end()) continue;
     KERF_ASSIGN_OR_RETURN(std::vector<float> w, ex.weight(u.tensor));
-    TensorChoice ch = f->second;
-    if (ch.method == Method::kAwq) ch.method = Method::kRtn;
-    if (ch.method == Method::kAwqGptq) ch.method = Method::kGptq;
-    auto st = stats_of.count(u.tensor) ? stats_of[u.tensor] : nullptr;
-    if (ch.method == Method::kGptq && !st) ch.method = Method::kRtn;
-    std::string note;
-    auto q = quantize_one(w, u.rows, u.cols, ch, st, opt.gptq, &note);
-    if (!q.ok()) return q.status().with_context("mixed precision: override '" + u.tensor + "'");
-    KERF_ASSIGN_OR_RETURN(std::vector<float> d, dequantize(*q));
+    KERF_ASSIGN_OR_RETURN(std::vector<float> d, quantize_as(u, w, f->second));
     KERF_RETURN_IF_ERROR(ex.set_weight(u.tensor, d));
   }
   KERF_ASSIGN_OR_RETURN(const double kl_fixed, measure());
