@@ -189,7 +189,7 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const st
       sens.push_back(std::move(x));
     }
     auto mr = quant::allocate_mixed(lifted, calib, sens, mo);
-    if (!mr.ok()) return mr.status().with_context("mixed precision (" + r.name + ")");
+    if (!mr.ok()) return mr.status().with_context("recipe '" + r.name + "'");
     choices = mr->choices;
     s->mixed_log = mr->log;
     s->mixed_budget = r.mixed_bpw;
