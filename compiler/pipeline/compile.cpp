@@ -106,16 +106,20 @@ Result<Recipe> effective_recipe(const CompileOptions& opt) {
   return r;
 }
 
-/// Tokenizes the calibration stories: BOS + text, truncated to max_seq, stopping at the token cap.
+/// Tokenizes the calibration stories: BOS + text, truncated to the model's max_seq_len, stopping
+/// at the token cap.
 Result<std::vector<std::vector<int64_t>>> calibration_sequences(const std::string& path, StoryRange range, int64_t cap,
                                                                 const std::vector<uint8_t>& tokenizer, int64_t vocab,
-                                                                int64_t max_seq, std::string* source) {
+                                                                const ir::Graph& lifted, std::string* source) {
+  int64_t max_seq = 512;
+  auto ms = lifted.metadata.find("model.max_seq_len");
+  if (ms != lifted.metadata.end()) max_seq = std::stoll(ms->second);
   KERF_ASSIGN_OR_RETURN(auto all, read_stories(path));
   KERF_ASSIGN_OR_RETURN(auto stories, select_stories(all, range, path));
+  KERF_ASSIGN_OR_RETURN(auto tokenized, tokenize_texts(tokenizer, vocab, stories));
   std::vector<std::vector<int64_t>> seqs;
   int64_t total = 0;
-  for (const std::string& st : stories) {
-    KERF_ASSIGN_OR_RETURN(std::vector<int64_t> ids, tokenize_text(tokenizer, vocab, st));
+  for (std::vector<int64_t>& ids : tokenized) {
     if (static_cast<int64_t>(ids.size()) > max_seq) ids.resize(static_cast<size_t>(max_seq));
     if (cap > 0 && total + static_cast<int64_t>(ids.size()) > cap) ids.resize(static_cast<size_t>(std::max<int64_t>(cap - total, 0)));
     if (ids.size() < 2) break;
@@ -150,10 +154,7 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const st
     if (r.calib_stories) range = *r.calib_stories;
     if (opt.calib_stories) range = *opt.calib_stories;
     const int64_t cap = opt.calib_tokens >= 0 ? opt.calib_tokens : r.calib_tokens;
-    int64_t max_seq = 512;
-    auto ms = lifted.metadata.find("model.max_seq_len");
-    if (ms != lifted.metadata.end()) max_seq = std::stoll(ms->second);
-    KERF_ASSIGN_OR_RETURN(calib, calibration_sequences(opt.calib_path, range, cap, tokenizer, vocab, max_seq, &s->calib_source));
+    KERF_ASSIGN_OR_RETURN(calib, calibration_sequences(opt.calib_path, range, cap, tokenizer, vocab, lifted, &s->calib_source));
     std::vector<int64_t> flat;
     for (const auto& q : calib) flat.insert(flat.end(), q.begin(), q.end());
     s->calib_hash = xxh64(flat.data(), flat.size() * sizeof(int64_t), 0);
@@ -207,11 +208,8 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const st
       return InvalidArgument("quantization-aware distillation needs training text: pass --calib FILE (stories " +
                              std::to_string(r.qad_stories.begin) + ":" + std::to_string(r.qad_stories.end) + " are used)");
     const auto tq = std::chrono::steady_clock::now();
-    int64_t max_seq = 512;
-    auto ms = lifted.metadata.find("model.max_seq_len");
-    if (ms != lifted.metadata.end()) max_seq = std::stoll(ms->second);
     std::string src;
-    KERF_ASSIGN_OR_RETURN(auto seqs, calibration_sequences(opt.calib_path, r.qad_stories, 0, tokenizer, vocab, max_seq, &src));
+    KERF_ASSIGN_OR_RETURN(auto seqs, calibration_sequences(opt.calib_path, r.qad_stories, 0, tokenizer, vocab, lifted, &src));
     const size_t n_val = static_cast<size_t>(std::floor(r.qad_val_fraction * static_cast<double>(seqs.size())));
     std::vector<std::vector<int64_t>> val(seqs.end() - static_cast<std::ptrdiff_t>(n_val), seqs.end());
     seqs.resize(seqs.size() - n_val);

@@ -86,21 +86,32 @@ Result<int64_t> vocab_size_of(const ir::Graph& lifted) {
   return BadInput("the lifted graph has no Embedding: not a language model kerf can compile");
 }
 
-Result<std::vector<int64_t>> tokenize_text(const std::vector<uint8_t>& tokenizer_file, int64_t vocab, const std::string& text) {
+Result<std::vector<std::vector<int64_t>>> tokenize_texts(const std::vector<uint8_t>& tokenizer_file, int64_t vocab,
+                                                         const std::vector<std::string>& texts) {
   kerf_tokenizer* raw = nullptr;
   char err[256] = {0};
   int rc = kerf_tokenizer_load(tokenizer_file.data(), tokenizer_file.size(), static_cast<int>(vocab), &raw, err, sizeof err);
   if (rc != KERF_OK) return BadInput(std::string("tokenizer: ") + err);
   std::unique_ptr<kerf_tokenizer, void (*)(kerf_tokenizer*)> tok(raw, kerf_tokenizer_free);
-  std::vector<int32_t> ids(text.size() + 4);
-  int n = 0;
-  rc = kerf_tokenizer_encode(tok.get(), text.c_str(), 1, ids.data(), static_cast<int>(ids.size()), &n);
-  if (rc == KERF_ERR_ARGUMENT && n > static_cast<int>(ids.size())) {
-    ids.resize(static_cast<size_t>(n));
-    rc = kerf_tokenizer_encode(tok.get(), text.c_str(), 1, ids.data(), n, &n);
+  std::vector<std::vector<int64_t>> out;
+  std::vector<int32_t> ids;
+  for (const std::string& text : texts) {
+    ids.resize(text.size() + 4);
+    int n = 0;
+    rc = kerf_tokenizer_encode(tok.get(), text.c_str(), 1, ids.data(), static_cast<int>(ids.size()), &n);
+    if (rc == KERF_ERR_ARGUMENT && n > static_cast<int>(ids.size())) {
+      ids.resize(static_cast<size_t>(n));
+      rc = kerf_tokenizer_encode(tok.get(), text.c_str(), 1, ids.data(), n, &n);
+    }
+    if (rc != KERF_OK) return Internal("tokenizer failed on text #" + std::to_string(out.size()));
+    out.emplace_back(ids.begin(), ids.begin() + n);
   }
-  if (rc != KERF_OK) return Internal("tokenizer failed on the calibration text");
-  return std::vector<int64_t>(ids.begin(), ids.begin() + n);
+  return out;
+}
+
+Result<std::vector<int64_t>> tokenize_text(const std::vector<uint8_t>& tokenizer_file, int64_t vocab, const std::string& text) {
+  KERF_ASSIGN_OR_RETURN(auto all, tokenize_texts(tokenizer_file, vocab, {text}));
+  return std::move(all[0]);
 }
 
 }  // namespace kerf::pipeline

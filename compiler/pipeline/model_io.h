@@ -35,6 +35,9 @@ Result<std::string> find_tokenizer_beside(const std::string& model_path);
 /// Tokenizes `text` with a llama2.c tokenizer file's bytes (shared/EVAL.md encoding, BOS first).
 /// Errors: kBadInput for a malformed tokenizer file.
 Result<std::vector<int64_t>> tokenize_text(const std::vector<uint8_t>& tokenizer_file, int64_t vocab, const std::string& text);
+/// The same for many texts, parsing the tokenizer file once.
+Result<std::vector<std::vector<int64_t>>> tokenize_texts(const std::vector<uint8_t>& tokenizer_file, int64_t vocab,
+                                                         const std::vector<std::string>& texts);
 
 /// Vocabulary size of a lifted LM graph: rows of the Embedding table. kBadInput if none.
 Result<int64_t> vocab_size_of(const ir::Graph& lifted);

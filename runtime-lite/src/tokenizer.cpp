@@ -74,13 +74,7 @@ int kerf_tokenize(const kerf_model* m, const char* text, int add_bos, int32_t* t
   if (!m->tok.present) return KERF_ERR_UNSUPPORTED;
   std::vector<int32_t> ids;
   kerf::rt::encode(m->tok, m->vocab, text, add_bos != 0, &ids);
-  *n_tokens = int(ids.size());
-  if (int(ids.size()) > max_tokens) {
-    if (max_tokens > 0) std::memcpy(tokens, ids.data(), size_t(max_tokens) * sizeof(int32_t));
-    return KERF_ERR_ARGUMENT;
-  }
-  if (!ids.empty()) std::memcpy(tokens, ids.data(), ids.size() * sizeof(int32_t));
-  return KERF_OK;
+  return kerf::rt::copy_ids(ids, tokens, max_tokens, n_tokens);
 }
 
 }  // extern "C"
@@ -131,6 +125,16 @@ void kerf::rt::encode(const Tokenizer& tk, int vocab, const char* text, bool add
   }
 }
 
+int kerf::rt::copy_ids(const std::vector<int32_t>& ids, int32_t* tokens, int max_tokens, int* n_tokens) {
+  *n_tokens = int(ids.size());
+  if (int(ids.size()) > max_tokens) {
+    if (max_tokens > 0) std::memcpy(tokens, ids.data(), size_t(max_tokens) * sizeof(int32_t));
+    return KERF_ERR_ARGUMENT;
+  }
+  if (!ids.empty()) std::memcpy(tokens, ids.data(), ids.size() * sizeof(int32_t));
+  return KERF_OK;
+}
+
 struct kerf_tokenizer {
   kerf::rt::Tokenizer tok;
   int vocab = 0;
@@ -158,13 +162,7 @@ int kerf_tokenizer_encode(const kerf_tokenizer* t, const char* text, int add_bos
   if (!t || !text || !n_tokens || max_tokens < 0 || (!tokens && max_tokens > 0)) return KERF_ERR_ARGUMENT;
   std::vector<int32_t> ids;
   kerf::rt::encode(t->tok, t->vocab, text, add_bos != 0, &ids);
-  *n_tokens = int(ids.size());
-  if (int(ids.size()) > max_tokens) {
-    if (max_tokens > 0) std::memcpy(tokens, ids.data(), size_t(max_tokens) * sizeof(int32_t));
-    return KERF_ERR_ARGUMENT;
-  }
-  if (!ids.empty()) std::memcpy(tokens, ids.data(), ids.size() * sizeof(int32_t));
-  return KERF_OK;
+  return kerf::rt::copy_ids(ids, tokens, max_tokens, n_tokens);
 }
 
 void kerf_tokenizer_free(kerf_tokenizer* t) { delete t; }
