@@ -8,7 +8,7 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ccache git \
   libtorch-dev libopenblas0-openmp \
-  libonnx-dev libprotobuf-dev protobuf-compiler \
+  libonnx-dev libprotobuf-dev protobuf-compiler libgloo-dev \
   libeigen3-dev libcli11-dev catch2 nlohmann-json3-dev libyaml-cpp-dev \
   >/dev/null
 echo "kerf dependencies installed"
