@@ -538,7 +538,14 @@ class Lifter {
       if (!n.is("kerf", "Linear")) continue;
       const Tensor* w = g_.constant(n.inputs[1]);
       for (const auto& t : tables) {
-        if (t == n.inputs[1]) continue;
+        if (t == n.inputs[1]) {  // already reads the table (a TorchScript trace of a tied model)
+          if (!g_.metadata.count("model.tied_embeddings")) {
+            ctx_.log.push_back("classifier '" + n.name + "' reads the embedding table '" + t + "': tied");
+            g_.metadata["model.tied_embeddings"] = "1";
+            ctx_.count("lift-transformer", "tied_classifier");
+          }
+          continue;
+        }
         const Tensor* e = g_.constant(t);
         if (e && w && *e == *w) {
           ctx_.log.push_back("classifier '" + n.name + "' weight equals the embedding table '" + t + "': tied");

@@ -284,7 +284,7 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   if (opt.output_path.empty()) return InvalidArgument("no output path (-o)");
 
   auto t0 = std::chrono::steady_clock::now();
-  KERF_ASSIGN_OR_RETURN(ir::Graph imported, import_onnx(opt.model_path));
+  KERF_ASSIGN_OR_RETURN(ir::Graph imported, import_model(opt.model_path));
   s.import_seconds = since(t0);
   s.imported_nodes = imported.nodes.size();
   ir::Graph lifted = imported;

@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "compiler/ir/ir_text.h"
-#include "formats/onnx/onnx_import.h"
+#include "compiler/pipeline/model_io.h"
 #include "kerf/format.h"
 #include "kerf/kerf.h"
 #include "passes/registry.h"
@@ -88,7 +88,7 @@ Result<std::string> inspect(const std::string& path, const std::string& pipeline
     f.read(magic, 8);
   }
   if (std::memcmp(magic, fmt::kMagic, 8) == 0) return inspect_artifact(path, full);
-  KERF_ASSIGN_OR_RETURN(ir::Graph g, import_onnx(path));
+  KERF_ASSIGN_OR_RETURN(ir::Graph g, pipeline::import_model(path));
   const size_t imported = g.nodes.size();
   PassContext ctx;
   if (pipeline != "none") {

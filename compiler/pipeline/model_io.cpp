@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "formats/onnx/onnx_import.h"
+#include "formats/torchscript/torchscript_import.h"
 #include "passes/registry.h"
 
 namespace kerf::pipeline {
@@ -20,10 +21,15 @@ static double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+Result<ir::Graph> import_model(const std::string& path) {
+  if (is_torchscript_archive(path)) return import_torchscript(path);
+  return import_onnx(path);
+}
+
 Result<LoadedModel> load_model(const std::string& path) {
   LoadedModel m;
   auto t0 = std::chrono::steady_clock::now();
-  KERF_ASSIGN_OR_RETURN(ir::Graph g, import_onnx(path));
+  KERF_ASSIGN_OR_RETURN(ir::Graph g, import_model(path));
   m.import_seconds = seconds_since(t0);
   m.imported_nodes = g.nodes.size();
   m.imported_initializers = g.initializers.size();

@@ -19,8 +19,13 @@ struct LoadedModel {
   double import_seconds = 0, passes_seconds = 0;
 };
 
-/// Imports `path` (ONNX; detected by content, not extension) and runs the canonicalize pipeline.
-/// Errors: those of import_onnx and of the passes (kUnsupported names the op / node).
+/// Imports a model file, detected by content, not extension: a TorchScript archive (a zip,
+/// "PK\x03\x04": formats/torchscript) or else ONNX (formats/onnx).
+/// Errors: those of import_torchscript / import_onnx.
+Result<ir::Graph> import_model(const std::string& path);
+
+/// Imports `path` (import_model) and runs the canonicalize pipeline.
+/// Errors: those of import_model and of the passes (kUnsupported names the op / node).
 Result<LoadedModel> load_model(const std::string& path);
 
 /// A llama2.c tokenizer file (tok*.bin: int32 max_token_length, then per token float32 score,
