@@ -10,8 +10,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <random>
+#include <sstream>
 
+#include "distill/checkpoint.h"
+#include "distill/dist_torch.h"
 #include "distill/reference.h"
 #include "distill/reference_torch.h"
 #include "quant/recipe.h"
@@ -59,23 +63,28 @@ Result<std::map<std::string, at::Tensor>> effective(std::vector<Param>& ps, bool
 struct Batch {
   at::Tensor tokens;  // [B, T] int64
   at::Tensor mask;    // [B, T] float, 1 on real positions
+  std::vector<size_t> rows;  // training-sequence index per row (uncut rows only; SIZE_MAX when cut)
   int64_t real = 0;
 };
 
-Batch make_batch(const std::vector<const std::vector<int64_t>*>& rows, int64_t seq_len, std::mt19937_64* rng) {
+Batch make_batch(const std::vector<const std::vector<int64_t>*>& rows, const std::vector<size_t>& ids, int64_t seq_len,
+                 std::mt19937_64* rng) {
   std::vector<std::vector<int64_t>> cut;
+  Batch b;
   int64_t T = 1;
-  for (const auto* r : rows) {
-    std::vector<int64_t> x = *r;
+  for (size_t k = 0; k < rows.size(); ++k) {
+    std::vector<int64_t> x = *rows[k];
+    size_t id = k < ids.size() ? ids[k] : SIZE_MAX;
     if (static_cast<int64_t>(x.size()) > seq_len) {
       const int64_t off = rng ? static_cast<int64_t>((*rng)() % static_cast<uint64_t>(x.size() - static_cast<size_t>(seq_len) + 1)) : 0;
       x = std::vector<int64_t>(x.begin() + off, x.begin() + off + seq_len);
+      id = SIZE_MAX;
     }
     T = std::max<int64_t>(T, static_cast<int64_t>(x.size()));
     cut.push_back(std::move(x));
+    b.rows.push_back(id);
   }
   const int64_t B = static_cast<int64_t>(cut.size());
-  Batch b;
   b.tokens = at::zeros({B, T}, at::kLong);
   b.mask = at::zeros({B, T}, at::kFloat);
   auto tk = b.tokens.accessor<int64_t, 2>();
@@ -92,14 +101,29 @@ Batch make_batch(const std::vector<const std::vector<int64_t>*>& rows, int64_t s
   return b;
 }
 
-Result<at::Tensor> teacher_logits(ReferenceExecutor& teacher, const Batch& b) {
-  const int64_t B = b.tokens.size(0), T = b.tokens.size(1);
-  std::vector<int64_t> flat(b.tokens.data_ptr<int64_t>(), b.tokens.data_ptr<int64_t>() + B * T);
-  teacher.reset_cache();
-  KERF_ASSIGN_OR_RETURN(std::vector<float> lg, teacher.forward_batch(flat, B, T));
-  teacher.reset_cache();
-  const int64_t V = static_cast<int64_t>(lg.size()) / (B * T);
-  return at::from_blob(lg.data(), {B, T, V}, at::kFloat).clone();
+/// The teacher's outputs for a batch: logits [B, T, V] and the hidden taps.
+struct TeacherOut {
+  at::Tensor logits;
+  std::vector<at::Tensor> taps;
+};
+
+Result<TeacherOut> teacher_forward(ReferenceExecutor& teacher, const Batch& b, const std::vector<std::string>& taps) {
+  TeacherOut o;
+  if (taps.empty()) {
+    const int64_t B = b.tokens.size(0), T = b.tokens.size(1);
+    std::vector<int64_t> flat(b.tokens.data_ptr<int64_t>(), b.tokens.data_ptr<int64_t>() + B * T);
+    teacher.reset_cache();
+    KERF_ASSIGN_OR_RETURN(std::vector<float> lg, teacher.forward_batch(flat, B, T));
+    teacher.reset_cache();
+    const int64_t V = static_cast<int64_t>(lg.size()) / (B * T);
+    o.logits = at::from_blob(lg.data(), {B, T, V}, at::kFloat).clone();
+    return o;
+  }
+  c10::NoGradGuard ng;
+  KERF_ASSIGN_OR_RETURN(auto v, forward_train_taps(teacher, b.tokens, {}, taps));
+  o.logits = v[0];
+  o.taps.assign(v.begin() + 1, v.end());
+  return o;
 }
 
 /// Per-position KL(p_t || p_s) at temperature temp, masked mean over real positions.
@@ -110,6 +134,25 @@ at::Tensor kd_loss(const at::Tensor& student, const at::Tensor& teacher, const a
   return (kl * mask).sum() / mask.sum() * (temp * temp);
 }
 
+/// Sum over real positions of KL(p_t || p_s) at temperature temp, times T^2.
+at::Tensor kd_sum(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& mask, double temp) {
+  at::Tensor lt = at::log_softmax(teacher / temp, -1);
+  at::Tensor ls = at::log_softmax(student / temp, -1);
+  return ((lt.exp() * (lt - ls)).sum(-1) * mask).sum() * (temp * temp);
+}
+
+/// Normalized hidden-state MSE, masked, averaged over the pairs.
+at::Tensor hidden_loss(const std::vector<at::Tensor>& s, const std::vector<at::Tensor>& t, const at::Tensor& mask) {
+  at::Tensor total = at::zeros({}, at::kFloat);
+  const at::Tensor m = mask.unsqueeze(-1);
+  for (size_t i = 0; i < s.size(); ++i) {
+    at::Tensor num = ((s[i] - t[i]).pow(2) * m).sum();
+    at::Tensor den = (t[i].pow(2) * m).sum().clamp_min(1e-12);
+    total = total + num / den;
+  }
+  return total / static_cast<double>(std::max<size_t>(s.size(), 1));
+}
+
 }  // namespace
 
 Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph& teacher,
@@ -117,9 +160,9 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
                                              const std::vector<std::vector<int64_t>>& train,
                                              const std::vector<std::vector<int64_t>>& val, const QadOptions& opt) {
   auto say = [&](const std::string& s) {
-    if (opt.progress) opt.progress(s);
+    if (opt.progress && (!opt.dp || opt.dp->rank() == 0)) opt.progress(s);
   };
-  if (train.empty()) return InvalidArgument("distillation: no training sequences");
+  if (train.empty()) return InvalidArgument(opt.label + ": no training sequences");
   if (opt.steps < 1 || opt.batch < 1 || opt.seq_len < 2 || !(opt.lr > 0) || opt.eval_every < 1 || !(opt.temperature > 0))
     return InvalidArgument("distillation: steps, batch, eval_every >= 1, seq_len >= 2, lr and temperature > 0 required");
   for (const auto& s : train)
@@ -161,15 +204,32 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
     p.v = at::zeros_like(p.w.detach());
   }
 
-  // Validation batches (fixed, no random cut) and their teacher logits.
+  const int world = opt.dp ? opt.dp->world_size() : 1;
+  const int rank = opt.dp ? opt.dp->rank() : 0;
+  std::vector<std::string> s_taps, t_taps;
+  if (opt.hidden_weight > 0) {
+    if (opt.hidden_pairs.empty()) return InvalidArgument(opt.label + ": hidden_weight > 0 but no hidden-state pairs");
+    for (const auto& [a, b] : opt.hidden_pairs) s_taps.push_back(a), t_taps.push_back(b);
+  }
+  auto student_forward = [&](const Batch& b, const std::map<std::string, at::Tensor>& eff) -> Result<std::vector<at::Tensor>> {
+    return forward_train_taps(sex, b.tokens, eff, s_taps);
+  };
+  // Loss of this rank's rows: KL summed over its positions / the global count of real positions.
+  auto loss_of = [&](const std::vector<at::Tensor>& st, const TeacherOut& te, const Batch& b, double temp, double global_positions) {
+    at::Tensor l = kd_sum(st[0], te.logits, b.mask, temp) / global_positions;
+    if (opt.hidden_weight > 0) l = l + opt.hidden_weight / world * hidden_loss({st.begin() + 1, st.end()}, te.taps, b.mask);
+    return l;
+  };
+
+  // Validation batches (fixed, no random cut) and their teacher outputs.
   std::vector<Batch> vb;
-  std::vector<at::Tensor> vt;
+  std::vector<TeacherOut> vt;
   for (size_t i = 0; i < val.size(); i += static_cast<size_t>(opt.batch)) {
     std::vector<const std::vector<int64_t>*> rows;
     for (size_t j = i; j < std::min(val.size(), i + static_cast<size_t>(opt.batch)); ++j) rows.push_back(&val[j]);
-    vb.push_back(make_batch(rows, opt.seq_len, nullptr));
-    KERF_ASSIGN_OR_RETURN(at::Tensor t, teacher_logits(tex, vb.back()));
-    vt.push_back(t);
+    vb.push_back(make_batch(rows, {}, opt.seq_len, nullptr));
+    KERF_ASSIGN_OR_RETURN(TeacherOut t, teacher_forward(tex, vb.back(), t_taps));
+    vt.push_back(std::move(t));
   }
   auto validate = [&]() -> Result<double> {
     if (vb.empty()) return 0.0;
@@ -178,12 +238,72 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
     double num = 0, den = 0;
     for (size_t i = 0; i < vb.size(); ++i) {
       KERF_ASSIGN_OR_RETURN(at::Tensor s, forward_train(sex, vb[i].tokens, eff));
-      at::Tensor l = kd_loss(s, vt[i], vb[i].mask, 1.0);
+      at::Tensor l = kd_loss(s, vt[i].logits, vb[i].mask, 1.0);
       const double n = vb[i].mask.sum().item<double>();
       num += l.item<double>() * n;
       den += n;
     }
     return den > 0 ? num / den : 0.0;
+  };
+
+  // Teacher outputs of every training sequence, computed once (sequences are never cut when none
+  // is longer than seq_len, so a batch's teacher outputs are slices of these).
+  size_t longest = 0, total_tokens = 0;
+  for (const auto& q : train) longest = std::max(longest, q.size()), total_tokens += q.size();
+  int64_t vocab = vt.empty() ? 0 : vt[0].logits.size(2);
+  std::vector<TeacherOut> cache;
+  if (opt.cache_teacher && static_cast<int64_t>(longest) <= opt.seq_len) {
+    if (vocab == 0) {
+      Batch b = make_batch({&train[0]}, {0}, opt.seq_len, nullptr);
+      KERF_ASSIGN_OR_RETURN(TeacherOut t, teacher_forward(tex, b, t_taps));
+      vocab = t.logits.size(2);
+    }
+    int64_t width = vocab;
+    for (const auto& t : vt)
+      for (const auto& h : t.taps) width += h.size(-1);
+    if (static_cast<double>(total_tokens) * static_cast<double>(width) * 4.0 <= 2.0 * (1ull << 30)) {
+      const auto tc = std::chrono::steady_clock::now();
+      std::vector<size_t> order(train.size());
+      std::iota(order.begin(), order.end(), size_t{0});
+      std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return train[x].size() < train[y].size(); });
+      cache.resize(train.size());
+      for (size_t i = 0; i < order.size();) {
+        std::vector<const std::vector<int64_t>*> rows;
+        std::vector<size_t> ids;
+        size_t j = i;
+        while (j < order.size() && j - i < 16 && (j - i + 1) * train[order[j]].size() <= 8192) rows.push_back(&train[order[j]]), ids.push_back(order[j]), ++j;
+        if (rows.empty()) rows.push_back(&train[order[j]]), ids.push_back(order[j]), ++j;
+        Batch b = make_batch(rows, ids, opt.seq_len, nullptr);
+        KERF_ASSIGN_OR_RETURN(TeacherOut t, teacher_forward(tex, b, t_taps));
+        for (size_t k = 0; k < ids.size(); ++k) {
+          const int64_t len = static_cast<int64_t>(train[ids[k]].size());
+          TeacherOut& c = cache[ids[k]];
+          c.logits = t.logits[static_cast<int64_t>(k)].narrow(0, 0, len).clone();
+          for (const auto& h : t.taps) c.taps.push_back(h[static_cast<int64_t>(k)].narrow(0, 0, len).clone());
+        }
+        i = j;
+      }
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "%s: teacher outputs of %zu training sequences (%zu tokens) cached in %.1f s", opt.label.c_str(),
+                    train.size(), total_tokens, since(tc));
+      say(buf);
+    }
+  }
+  auto teacher_for = [&](const Batch& b) -> Result<TeacherOut> {
+    bool cached = !cache.empty();
+    for (size_t id : b.rows) cached = cached && id != SIZE_MAX;
+    if (!cached) return teacher_forward(tex, b, t_taps);
+    const int64_t B = b.tokens.size(0), T = b.tokens.size(1);
+    TeacherOut o;
+    o.logits = at::zeros({B, T, vocab}, at::kFloat);
+    for (size_t h = 0; h < t_taps.size(); ++h) o.taps.push_back(at::zeros({B, T, cache[b.rows[0]].taps[h].size(-1)}, at::kFloat));
+    for (int64_t i = 0; i < B; ++i) {
+      const TeacherOut& c = cache[b.rows[static_cast<size_t>(i)]];
+      const int64_t len = c.logits.size(0);
+      o.logits[i].narrow(0, 0, len).copy_(c.logits);
+      for (size_t h = 0; h < t_taps.size(); ++h) o.taps[h][i].narrow(0, 0, len).copy_(c.taps[h]);
+    }
+    return o;
   };
 
   QadReport rep;
@@ -192,38 +312,151 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
   std::vector<at::Tensor> best;
   for (const Param& p : ps) best.push_back(p.w.detach().clone());
   {
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "qad: %zu tensors (%zu fake-quantized), %zu training / %zu validation sequences; val KL %.4f before training",
-                  ps.size(), static_cast<size_t>(std::count_if(ps.begin(), ps.end(), [](const Param& p) { return p.fake_quant; })),
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "%s: %zu tensors (%zu fake-quantized), %zu training / %zu validation sequences; val KL %.4f before training",
+                  opt.label.c_str(), ps.size(), static_cast<size_t>(std::count_if(ps.begin(), ps.end(), [](const Param& p) { return p.fake_quant; })),
                   train.size(), val.size(), rep.val_kl_initial);
     say(buf);
     rep.log.push_back(buf);
   }
 
+  // Batches: uniform sampling, or (bucket) B neighbours in length order from a random start.
+  std::vector<size_t> by_len(train.size());
+  std::iota(by_len.begin(), by_len.end(), size_t{0});
+  std::stable_sort(by_len.begin(), by_len.end(), [&](size_t x, size_t y) { return train[x].size() < train[y].size(); });
   std::mt19937_64 rng(opt.seed);
   const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
   int64_t tokens_seen = 0;
+  double loss_avg = 0, trained_seconds = 0;
+  int first_step = 1;
+
+  auto checkpoint = [&](int step) -> Status {
+    if (opt.checkpoint_path.empty() || rank != 0) return Status::Ok();
+    Checkpoint ck;
+    ck.meta = opt.checkpoint_meta;
+    std::ostringstream rs;
+    rs << rng;
+    ck.meta["train.step"] = std::to_string(step);
+    ck.meta["train.steps"] = std::to_string(opt.steps);
+    ck.meta["train.rng"] = rs.str();
+    ck.meta["train.tokens_seen"] = std::to_string(tokens_seen);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", loss_avg);
+    ck.meta["train.loss_avg"] = buf;
+    std::snprintf(buf, sizeof buf, "%.17g", rep.val_kl_best);
+    ck.meta["train.val_kl_best"] = buf;
+    std::snprintf(buf, sizeof buf, "%.17g", trained_seconds + since(t0));
+    ck.meta["train.seconds"] = buf;
+    ck.meta["train.best_step"] = std::to_string(rep.best_step);
+    auto put = [&](const std::string& name, const at::Tensor& t) {
+      at::Tensor c = t.detach().contiguous();
+      ck.tensors.push_back({name, std::vector<int64_t>(c.sizes().begin(), c.sizes().end()),
+                            std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel())});
+    };
+    for (size_t i = 0; i < ps.size(); ++i) {
+      put(ps[i].name, ps[i].w);
+      put(ps[i].name + "#best", best[i]);
+      put(ps[i].name + "#adam.m", ps[i].m);
+      put(ps[i].name + "#adam.v", ps[i].v);
+    }
+    return save_checkpoint(opt.checkpoint_path, ck).with_context(opt.label + " checkpoint");
+  };
+  if (opt.resume) {
+    if (opt.checkpoint_path.empty()) return InvalidArgument(opt.label + ": resume needs a checkpoint path");
+    KERF_ASSIGN_OR_RETURN(Checkpoint ck, load_checkpoint(opt.checkpoint_path));
+    auto get = [&](const std::string& name, at::Tensor& into) -> Status {
+      const CheckpointTensor* t = ck.find(name);
+      if (!t) return InvalidArgument(opt.checkpoint_path + ": checkpoint has no tensor '" + name + "' (another model or pruning?)");
+      if (std::vector<int64_t>(into.sizes().begin(), into.sizes().end()) != t->shape)
+        return InvalidArgument(opt.checkpoint_path + ": tensor '" + name + "' has another shape than the student's");
+      c10::NoGradGuard ng;
+      into.detach().copy_(at::from_blob(const_cast<float*>(t->data.data()), into.sizes(), at::kFloat));
+      return Status::Ok();
+    };
+    for (size_t i = 0; i < ps.size(); ++i) {
+      KERF_RETURN_IF_ERROR(get(ps[i].name, ps[i].w));
+      KERF_RETURN_IF_ERROR(get(ps[i].name + "#best", best[i]));
+      KERF_RETURN_IF_ERROR(get(ps[i].name + "#adam.m", ps[i].m));
+      KERF_RETURN_IF_ERROR(get(ps[i].name + "#adam.v", ps[i].v));
+    }
+    try {
+      std::istringstream rs(ck.meta.at("train.rng"));
+      rs >> rng;
+      if (!rs) throw std::invalid_argument("rng");
+      first_step = std::stoi(ck.meta.at("train.step")) + 1;
+      tokens_seen = std::stoll(ck.meta.at("train.tokens_seen"));
+      loss_avg = std::stod(ck.meta.at("train.loss_avg"));
+      rep.val_kl_best = std::stod(ck.meta.at("train.val_kl_best"));
+      rep.best_step = std::stoi(ck.meta.at("train.best_step"));
+      trained_seconds = std::stod(ck.meta.at("train.seconds"));
+    } catch (const std::exception& e) {
+      return BadInput(opt.checkpoint_path + ": checkpoint training state is missing or malformed (" + e.what() + ")");
+    }
+    rep.resumed_from = first_step - 1;
+    say(opt.label + ": resumed from " + opt.checkpoint_path + " at step " + std::to_string(first_step - 1));
+  }
   const auto t_train = std::chrono::steady_clock::now();
-  double loss_avg = 0;
-  for (int step = 1; step <= opt.steps; ++step) {
+  const int64_t tokens_at_start = tokens_seen;
+  for (int step = first_step; step <= opt.steps; ++step) {
     std::vector<const std::vector<int64_t>*> rows;
-    for (int i = 0; i < opt.batch; ++i) rows.push_back(&train[static_cast<size_t>(rng() % train.size())]);
-    Batch b = make_batch(rows, opt.seq_len, &rng);
-    KERF_ASSIGN_OR_RETURN(at::Tensor tl, teacher_logits(tex, b));
+    std::vector<size_t> ids;
+    const size_t global = static_cast<size_t>(opt.batch) * static_cast<size_t>(world);
+    if (opt.bucket && train.size() > global) {
+      const size_t start = static_cast<size_t>(rng() % (train.size() - global + 1));
+      for (size_t i = 0; i < global; ++i) ids.push_back(by_len[start + i]);
+    } else {
+      for (size_t i = 0; i < global; ++i) ids.push_back(static_cast<size_t>(rng() % train.size()));
+    }
+    // Window offsets are drawn for the whole global batch (same RNG sequence on every rank).
+    std::vector<const std::vector<int64_t>*> all_rows;
+    for (size_t id : ids) all_rows.push_back(&train[id]);
+    Batch gb = make_batch(all_rows, ids, opt.seq_len, &rng);
+    Batch b;
+    {
+      const int64_t r0 = static_cast<int64_t>(rank) * opt.batch;
+      b.tokens = gb.tokens.narrow(0, r0, opt.batch).contiguous();
+      b.mask = gb.mask.narrow(0, r0, opt.batch).contiguous();
+      b.rows.assign(gb.rows.begin() + r0, gb.rows.begin() + r0 + opt.batch);
+      b.real = static_cast<int64_t>(b.mask.sum().item<double>());
+      // Trim right padding that only other ranks' rows needed.
+      int64_t T = 1;
+      for (int64_t i = 0; i < opt.batch; ++i) T = std::max<int64_t>(T, static_cast<int64_t>(b.mask[i].sum().item<double>()));
+      if (T < b.tokens.size(1)) {
+        b.tokens = b.tokens.narrow(1, 0, T).contiguous();
+        b.mask = b.mask.narrow(1, 0, T).contiguous();
+      }
+    }
+    const double global_positions = gb.mask.sum().item<double>();
+    KERF_ASSIGN_OR_RETURN(TeacherOut te, teacher_for(b));
     KERF_ASSIGN_OR_RETURN(auto eff, effective(ps, true));
-    KERF_ASSIGN_OR_RETURN(at::Tensor sl, forward_train(sex, b.tokens, eff));
-    at::Tensor loss = kd_loss(sl, tl, b.mask, opt.temperature);
+    KERF_ASSIGN_OR_RETURN(std::vector<at::Tensor> st, student_forward(b, eff));
+    at::Tensor loss = loss_of(st, te, b, opt.temperature, global_positions);
     std::vector<at::Tensor> leaves;
     for (const Param& p : ps) leaves.push_back(p.w);
     std::vector<at::Tensor> grads;
     try {
       grads = torch::autograd::grad({loss}, leaves, {}, false, false, true);
     } catch (const c10::Error& e) {
-      return Internal(std::string("distillation: backward failed: ") + e.what_without_backtrace());
+      return Internal(opt.label + ": backward failed: " + e.what_without_backtrace());
     }
-    const double lv = loss.item<double>();
+    double lv = loss.item<double>();
+    if (world > 1) {
+      std::vector<at::Tensor> sync;
+      for (auto& g : grads)
+        if (g.defined()) sync.push_back(g);
+      KERF_RETURN_IF_ERROR(allreduce_sum(*opt.dp, sync));
+      std::vector<double> lvv = {lv};
+      KERF_RETURN_IF_ERROR(opt.dp->allreduce_sum(lvv));
+      lv = lvv[0];
+    }
+    if (opt.on_gradient)
+      for (size_t i = 0; i < ps.size(); ++i)
+        if (grads[i].defined()) {
+          at::Tensor g = grads[i].contiguous();
+          opt.on_gradient(step, ps[i].name, std::vector<float>(g.data_ptr<float>(), g.data_ptr<float>() + g.numel()));
+        }
     loss_avg = step == 1 ? lv : 0.9 * loss_avg + 0.1 * lv;
-    tokens_seen += b.real;
+    tokens_seen += static_cast<int64_t>(global_positions);
     {
       c10::NoGradGuard ng;
       double norm2 = 0;
@@ -243,7 +476,7 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
         p.m.mul_(b1).add_(g, 1 - b1);
         p.v.mul_(b2).addcmul_(g, g, 1 - b2);
         at::Tensor w = p.w.detach();
-        if (opt.weight_decay > 0 && p.fake_quant) w.mul_(1.0 - lr * opt.weight_decay);
+        if (opt.weight_decay > 0 && p.rows > 0) w.mul_(1.0 - lr * opt.weight_decay);
         w.addcdiv_(p.m / bc1, (p.v / bc2).sqrt_().add_(eps), -lr);
       }
     }
@@ -251,8 +484,8 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
       KERF_ASSIGN_OR_RETURN(double vk, validate());
       const double el = since(t_train);
       char buf[200];
-      std::snprintf(buf, sizeof buf, "qad step %d/%d  loss %.4f  val.kl %.4f  %.0f tok/s  ETA %.0f s", step, opt.steps, loss_avg,
-                    vk, static_cast<double>(tokens_seen) / std::max(el, 1e-9), el / step * (opt.steps - step));
+      std::snprintf(buf, sizeof buf, "%s step %d/%d  loss %.4f  val.kl %.4f  %.0f tok/s  ETA %.0f s", opt.label.c_str(), step, opt.steps,
+                    loss_avg, vk, static_cast<double>(tokens_seen - tokens_at_start) / std::max(el, 1e-9), el / (step - first_step + 1) * (opt.steps - step));
       say(buf);
       rep.log.push_back(buf);
       rep.val_kl_final = vk;
@@ -262,10 +495,11 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
         for (size_t i = 0; i < ps.size(); ++i) best[i] = ps[i].w.detach().clone();
       }
     }
+    if ((opt.checkpoint_every > 0 && step % opt.checkpoint_every == 0) || step == opt.steps) KERF_RETURN_IF_ERROR(checkpoint(step));
   }
   rep.steps = opt.steps;
   rep.seconds = since(t0);
-  rep.tokens_per_second = static_cast<double>(tokens_seen) / std::max(since(t_train), 1e-9);
+  rep.tokens_per_second = static_cast<double>(tokens_seen - tokens_at_start) / std::max(since(t_train), 1e-9);
   // Keep the best weights (validation), as float32 initializers of the student graph.
   for (size_t i = 0; i < ps.size(); ++i) {
     at::Tensor w = best[i].contiguous();

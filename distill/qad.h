@@ -21,6 +21,7 @@
 
 #include "compiler/ir/ir.h"
 #include "compiler/ir/status.h"
+#include "distill/dist.h"
 #include "quant/qspec.h"
 
 namespace kerf::distill {
@@ -39,12 +40,37 @@ struct QadOptions {
   uint64_t seed = 0;
   int threads = 0;               ///< LibTorch threads (0 = all cores)
   std::function<void(const std::string&)> progress;  ///< "qad step 50/300 loss 0.41 val.kl 0.38 1234 tok/s ETA 40 s"
+  std::string label = "qad";     ///< progress / log prefix ("distill" for plain knowledge distillation)
+  bool bucket = true;            ///< batches of sequences of similar length (less padding); else uniform sampling
+  bool cache_teacher = true;     ///< compute the teacher's logits (and hidden taps) once per training sequence
+                                 ///< when no sequence is longer than seq_len and they fit in 2 GiB
+  /// Optional hidden-state distillation: loss += hidden_weight * mean over pairs of
+  /// MSE(student value, teacher value) / mean(teacher value^2) (normalized MSE per pair), with
+  /// pairs of value names (student graph, teacher graph) of the same width, e.g. block outputs.
+  double hidden_weight = 0.0;
+  std::vector<std::pair<std::string, std::string>> hidden_pairs;
+  /// Checkpoints (distill/checkpoint.h): every `checkpoint_every` steps (0 = only at the end) the
+  /// latent weights, AdamW moments, best weights, step, RNG state and `checkpoint_meta` are written
+  /// atomically to `checkpoint_path` (by rank 0). `resume` continues from that file: same tensors and
+  /// shapes required, else kInvalidArgument naming the tensor; the run then equals an uninterrupted one.
+  std::string checkpoint_path;
+  int checkpoint_every = 0;
+  bool resume = false;
+  std::map<std::string, std::string> checkpoint_meta;
+  /// Data parallelism (distill/dist.h): with a group of W ranks every step draws one global batch of
+  /// W * batch sequences, rank r trains on rows [r*batch, (r+1)*batch), and the ranks sum their
+  /// gradients, KL sums and token counts, so the step equals a single process with batch W * batch
+  /// (the hidden-state term is normalized per rank). Null = single process.
+  DataParallel* dp = nullptr;
+  /// Test hook: called with every tensor's (summed) gradient before each optimizer step.
+  std::function<void(int step, const std::string& name, const std::vector<float>& grad)> on_gradient;
 };
 
 struct QadReport {
   int steps = 0, best_step = 0;
   double val_kl_initial = 0, val_kl_best = 0, val_kl_final = 0;  ///< fake-quantized student vs teacher
   double seconds = 0, tokens_per_second = 0;
+  int resumed_from = 0;          ///< step the run resumed from (0 = fresh)
   std::vector<std::string> log;  ///< one line per validation
 };
 
@@ -57,5 +83,13 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
                                              const std::map<std::string, std::pair<quant::QSpec, quant::ParamRule>>& precision,
                                              const std::vector<std::vector<int64_t>>& train,
                                              const std::vector<std::vector<int64_t>>& val, const QadOptions& opt);
+
+/// Data-free augmentation: `n` sequences sampled from `teacher` (a lifted LM graph), each starting
+/// with `bos` and ending before the first `bos` / `eos` the model emits or at `max_len` tokens;
+/// ancestral sampling at `temperature` with a seeded RNG (deterministic for a seed and thread
+/// count), generated in batches of up to 256 with the executor's KV cache. Sequences shorter than
+/// 2 tokens are dropped. Errors: kInvalidArgument (n < 1, max_len < 2, temperature <= 0), executor errors.
+Result<std::vector<std::vector<int64_t>>> sample_from_teacher(const ir::Graph& teacher, int n, int64_t max_len, double temperature,
+                                                              uint64_t seed, int64_t bos, int64_t eos, int threads);
 
 }  // namespace kerf::distill

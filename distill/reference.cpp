@@ -727,6 +727,7 @@ struct ReferenceExecutor::Impl {
   ReferenceExecutor::Observer observer;
   std::vector<bool> observed;                 // per step
   size_t prefix_steps = 0;                    // > 0 while forward_prefix runs
+  std::vector<bool> pinned;                   // per slot: not released after its last reader (forward_train taps)
 
   // Runs steps 0..n_steps-1 on `env`; `staged` caches are updated (caller decides to commit).
   Status run_steps(std::vector<at::Tensor>& env, std::vector<KV>& staged, size_t n_steps);
@@ -956,7 +957,8 @@ Status ReferenceExecutor::Impl::run_steps(std::vector<at::Tensor>& env, std::vec
     }
     for (size_t j = 0; j < st.out.size(); ++j)
       if (st.out[j] >= 0) env[st.out[j]] = std::move(out[j]);
-    for (int s : st.release) env[s].reset();
+    for (int s : st.release)
+      if (pinned.empty() || !pinned[static_cast<size_t>(s)]) env[s].reset();
   }
   return Status::Ok();
 }
@@ -1077,12 +1079,19 @@ Result<std::vector<float>> ReferenceExecutor::forward_batch(const std::vector<in
 }
 
 struct TrainAccess {
-  static Result<at::Tensor> forward(ReferenceExecutor& ex, const at::Tensor& tokens,
-                                    const std::map<std::string, at::Tensor>& params) {
+  static Result<std::vector<at::Tensor>> forward(ReferenceExecutor& ex, const at::Tensor& tokens,
+                                                 const std::map<std::string, at::Tensor>& params,
+                                                 const std::vector<std::string>& taps) {
     ReferenceExecutor::Impl& m = *ex.impl_;
     if (tokens.dim() != 2 || tokens.scalar_type() != at::kLong)
       return InvalidArgument("forward_train: tokens must be int64 [B, T]");
     if (m.input_slots.empty() || m.output_slots.empty()) return InvalidArgument("forward_train: no token input / logits output");
+    std::vector<int> tap_slots;
+    for (const auto& t : taps) {
+      auto it = std::find(m.slot_names.begin(), m.slot_names.end(), t);
+      if (it == m.slot_names.end()) return InvalidArgument("forward_train: no value named '" + t + "'");
+      tap_slots.push_back(static_cast<int>(it - m.slot_names.begin()));
+    }
     try {
       // Autograd-capable copies of the constants (the executor's own are inference tensors).
       if (m.train_constants.size() != m.constants.size()) {
@@ -1103,20 +1112,33 @@ struct TrainAccess {
       std::vector<KV> staged(m.caches.size());
       std::vector<KV> saved = std::move(m.caches);
       m.caches.assign(saved.size(), KV{});  // positions start at 0
+      m.pinned.assign(m.slot_names.size(), false);
+      for (int s : tap_slots) m.pinned[static_cast<size_t>(s)] = true;
       Status st = m.run_steps(env, staged, m.steps.size());
+      m.pinned.clear();
       m.caches = std::move(saved);
       if (!st.ok()) return st;
-      at::Tensor out = env[static_cast<size_t>(m.output_slots[0])];
-      if (!out.defined()) return Internal("forward_train: logits were not computed");
+      std::vector<at::Tensor> out = {env[static_cast<size_t>(m.output_slots[0])]};
+      for (int s : tap_slots) out.push_back(env[static_cast<size_t>(s)]);
+      for (const auto& t : out)
+        if (!t.defined()) return Internal("forward_train: an output or tap was not computed");
       return out;
     } catch (const c10::Error& e) {
+      m.pinned.clear();
       return Internal(std::string("forward_train: ") + e.what_without_backtrace());
     }
   }
 };
 
 Result<at::Tensor> forward_train(ReferenceExecutor& ex, const at::Tensor& tokens, const std::map<std::string, at::Tensor>& params) {
-  return TrainAccess::forward(ex, tokens, params);
+  KERF_ASSIGN_OR_RETURN(auto v, TrainAccess::forward(ex, tokens, params, {}));
+  return v[0];
+}
+
+Result<std::vector<at::Tensor>> forward_train_taps(ReferenceExecutor& ex, const at::Tensor& tokens,
+                                                   const std::map<std::string, at::Tensor>& params,
+                                                   const std::vector<std::string>& taps) {
+  return TrainAccess::forward(ex, tokens, params, taps);
 }
 
 void ReferenceExecutor::reset_cache() {

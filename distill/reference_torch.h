@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <map>
+#include <vector>
 #include <string>
 
 #include "distill/reference.h"
@@ -20,5 +21,12 @@ namespace kerf::distill {
 /// errors of run().
 Result<at::Tensor> forward_train(ReferenceExecutor& ex, const at::Tensor& tokens,
                                  const std::map<std::string, at::Tensor>& params);
+
+/// forward_train that also returns the named graph values `taps` (e.g. "layers.2.out", the residual
+/// stream after block 2): result[0] = logits [B, T, V], result[1 + i] = value taps[i] (float32, with
+/// its autograd graph). Errors: forward_train's; InvalidArgument for an unknown value name.
+Result<std::vector<at::Tensor>> forward_train_taps(ReferenceExecutor& ex, const at::Tensor& tokens,
+                                                   const std::map<std::string, at::Tensor>& params,
+                                                   const std::vector<std::string>& taps);
 
 }  // namespace kerf::distill

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "compiler/pipeline/emit.h"
@@ -13,9 +14,12 @@
 #include "kerf/xxh64.h"
 #include "quant/calib/calibrate.h"
 #include "quant/calib/mixed.h"
+#include "distill/dist.h"
 #include "distill/reference.h"
 #include "formats/onnx/onnx_import.h"
 #include "passes/registry.h"
+#include "prune/importance.h"
+#include "prune/prune.h"
 
 namespace kerf::pipeline {
 
@@ -133,8 +137,9 @@ Result<std::vector<std::vector<int64_t>>> calibration_sequences(const std::strin
   return seqs;
 }
 
-Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const std::vector<uint8_t>& tokenizer, int64_t vocab,
-                          CompileSummary* s, std::map<std::string, std::string>* meta) {
+Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir::Graph* teacher_graph,
+                          const std::vector<uint8_t>& tokenizer, int64_t vocab, CompileSummary* s,
+                          std::map<std::string, std::string>* meta) {
   KERF_ASSIGN_OR_RETURN(Recipe r, effective_recipe(opt));
   s->calibrated = true;
   s->recipe_hash = opt.recipe_path.empty() ? 0 : r.hash;
@@ -221,7 +226,7 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const st
       ch.method = quant::Method::kRtn;
       prec[t] = {ch.spec, ch.rule};
     }
-    const ir::Graph teacher = lifted;
+    const ir::Graph teacher = teacher_graph ? *teacher_graph : lifted;
     distill::QadOptions qo = r.qad_options;
     qo.threads = opt.threads;
     qo.progress = progress;
@@ -263,6 +268,193 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const st
   if (!calib.empty()) {
     (*meta)["compile.calib_hash"] = hex64(s->calib_hash);
     (*meta)["compile.calib_source"] = s->calib_source;
+  }
+  return Status::Ok();
+}
+
+bool pruning_requested(const CompileOptions& opt) {
+  return opt.keep_heads < 1 || opt.keep_ffn < 1 || opt.keep_embed < 1 || opt.drop_blocks > 0 || !opt.prune_budget.empty();
+}
+
+std::string cost_line(const std::string& stage, const prune::Cost& c, uint64_t bytes_f32) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%-10s %9lld params  %8.3f MFLOP/token decode @ctx %lld  %8.3f MFLOP/token prefill (%lld-token prompt)  %llu bytes f32",
+                stage.c_str(), static_cast<long long>(c.parameters), c.decode_flops / 1e6, static_cast<long long>(c.context),
+                c.prefill_flops / 1e6, static_cast<long long>(c.context), static_cast<unsigned long long>(bytes_f32));
+  return buf;
+}
+
+/// Structured pruning, then knowledge distillation against the unpruned model. `lifted` becomes the
+/// (trained, float32) student; `teacher` receives the original.
+Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Graph& lifted, ir::Graph* teacher,
+                         const std::vector<uint8_t>& tokenizer, int64_t vocab, CompileSummary* s,
+                         std::map<std::string, std::string>* meta) {
+  auto progress = [&](const std::string& line) {
+    if (opt.progress) std::fprintf(stderr, "%s\n", line.c_str());
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  *teacher = lifted;
+  KERF_ASSIGN_OR_RETURN(prune::Model m, prune::analyze(lifted));
+  prune::PruneOptions po;
+  po.keep_heads = opt.keep_heads;
+  po.keep_ffn = opt.keep_ffn;
+  po.keep_embed = opt.keep_embed;
+  po.drop_blocks = opt.drop_blocks;
+  if (!opt.head_mode.empty()) {
+    KERF_ASSIGN_OR_RETURN(po.head_mode, prune::parse_head_mode(opt.head_mode));
+  }
+  prune::ImportanceOptions io;
+  io.metric = prune::Metric::kActivation;
+  if (!opt.importance.empty()) {
+    KERF_ASSIGN_OR_RETURN(io.metric, prune::parse_metric(opt.importance));
+  }
+  int64_t max_seq = 512;
+  if (auto it = lifted.metadata.find("model.max_seq_len"); it != lifted.metadata.end()) max_seq = std::stoll(it->second);
+  const int64_t ctx = max_seq / 2;
+  if (!opt.prune_budget.empty()) {
+    const auto colon = opt.prune_budget.find(':');
+    double frac = 0;
+    try {
+      frac = colon == std::string::npos ? -1 : std::stod(opt.prune_budget.substr(colon + 1));
+    } catch (const std::exception&) {
+      frac = -1;
+    }
+    if (frac <= 0) return InvalidArgument("--prune-budget '" + opt.prune_budget + "': expected flops:F or params:F with 0 < F < 1");
+    KERF_ASSIGN_OR_RETURN(po, prune::solve_budget(lifted, m, opt.prune_budget.substr(0, colon), frac, ctx, po));
+  }
+  io.depth = po.drop_blocks > 0;
+  io.threads = opt.threads;
+  io.progress = progress;
+  std::vector<std::vector<int64_t>> calib;
+  if (io.metric != prune::Metric::kMagnitude || io.depth) {
+    if (opt.calib_path.empty())
+      return InvalidArgument(std::string("pruning by ") + prune::metric_name(io.metric) +
+                             " importance needs calibration text: pass --calib FILE (or --importance magnitude)");
+    const StoryRange range = opt.calib_stories ? *opt.calib_stories : StoryRange{0, 128};
+    std::string src;
+    KERF_ASSIGN_OR_RETURN(calib, calibration_sequences(opt.calib_path, range, 0, tokenizer, vocab, lifted, &src));
+  }
+  KERF_ASSIGN_OR_RETURN(prune::Scores sc, prune::compute_importance(lifted, m, calib, io));
+  KERF_ASSIGN_OR_RETURN(prune::Plan plan, prune::make_plan(m, sc, po));
+  if (plan.identity()) return InvalidArgument("pruning: the keep fractions round to the full model (nothing to remove)");
+  KERF_ASSIGN_OR_RETURN(prune::Cost before, prune::count_cost(lifted, ctx));
+  KERF_RETURN_IF_ERROR(prune::apply_plan(lifted, m, plan));
+  KERF_ASSIGN_OR_RETURN(prune::Cost after, prune::count_cost(lifted, ctx));
+  {
+    const prune::Block& b = m.blocks[0];
+    const int64_t h = plan.heads.empty() ? b.n_heads : static_cast<int64_t>(plan.heads[0].size());
+    const int64_t g = plan.kv_groups.empty() ? b.n_kv_heads : static_cast<int64_t>(plan.kv_groups[0].size());
+    const int64_t f = plan.ffn.empty() ? b.ffn_dim : static_cast<int64_t>(plan.ffn[0].size());
+    const int64_t d = plan.embed.empty() ? m.dim : static_cast<int64_t>(plan.embed.size());
+    char buf[400];
+    std::snprintf(buf, sizeof buf,
+                  "kept %lld/%lld query heads (%lld/%lld KV groups, %s), %lld/%lld FFN channels per block, %lld/%lld embedding channels, %zu/%zu blocks (%s importance); "
+                  "decode FLOPs/token -%.1f %%, parameters -%.1f %%",
+                  static_cast<long long>(h), static_cast<long long>(b.n_heads), static_cast<long long>(g), static_cast<long long>(b.n_kv_heads),
+                  prune::head_mode_name(po.head_mode), static_cast<long long>(f), static_cast<long long>(b.ffn_dim), static_cast<long long>(d),
+                  static_cast<long long>(m.dim), m.blocks.size() - plan.dropped_blocks.size(), m.blocks.size(), prune::metric_name(io.metric),
+                  100.0 * (1.0 - after.decode_flops / before.decode_flops),
+                  100.0 * (1.0 - static_cast<double>(after.parameters) / static_cast<double>(before.parameters)));
+    s->prune_text = buf;
+    progress(std::string("pruning: ") + buf);
+  }
+  s->stage_lines.push_back(cost_line("original", before, static_cast<uint64_t>(before.parameters) * 4));
+  s->stage_lines.push_back(cost_line("pruned", after, static_cast<uint64_t>(after.parameters) * 4));
+  (*meta)["prune.plan"] = prune::to_text(plan);
+  (*meta)["prune.summary"] = s->prune_text;
+  (*meta)["prune.importance"] = prune::metric_name(io.metric);
+  auto put_cost = [&](const std::string& stage, const prune::Cost& c) {
+    (*meta)["stage." + stage + ".params"] = std::to_string(c.parameters);
+    (*meta)["stage." + stage + ".decode_flops"] = std::to_string(static_cast<long long>(c.decode_flops));
+    (*meta)["stage." + stage + ".prefill_flops"] = std::to_string(static_cast<long long>(c.prefill_flops));
+    (*meta)["stage." + stage + ".context"] = std::to_string(c.context);
+  };
+  put_cost("original", before);
+  put_cost("pruned", after);
+  s->prune_seconds = since(t0);
+
+  distill::QadOptions qo;
+  qo.label = "distill";
+  qo.batch = 4;
+  qo.seq_len = static_cast<int>(max_seq);
+  qo.lr = 2e-3;
+  qo.steps = 0;
+  StoryRange train_stories{0, 400};
+  double val_fraction = 0.05;
+  if (recipe && recipe->distill) {
+    qo = recipe->distill_options;
+    train_stories = recipe->distill_stories;
+    val_fraction = recipe->distill_val_fraction;
+  }
+  if (opt.distill_steps >= 0) qo.steps = opt.distill_steps;
+  const int steps = qo.steps;
+  if (steps > 0) {
+    if (opt.calib_path.empty()) return InvalidArgument("distillation needs training text: pass --calib FILE (stories 0:400 are used)");
+    const auto td = std::chrono::steady_clock::now();
+    std::string src;
+    KERF_ASSIGN_OR_RETURN(auto seqs, calibration_sequences(opt.calib_path, train_stories, 0, tokenizer, vocab, *teacher, &src));
+    const size_t n_val = static_cast<size_t>(std::floor(val_fraction * static_cast<double>(seqs.size())));
+    std::vector<std::vector<int64_t>> val(seqs.end() - static_cast<std::ptrdiff_t>(n_val), seqs.end());
+    seqs.resize(seqs.size() - n_val);
+    const int samples = opt.teacher_samples >= 0 ? opt.teacher_samples : (recipe && recipe->distill ? recipe->teacher_samples : 0);
+    if (samples > 0) {
+      const auto tsm = std::chrono::steady_clock::now();
+      KERF_ASSIGN_OR_RETURN(auto gen, distill::sample_from_teacher(*teacher, samples, max_seq, 1.0, qo.seed + 7, 1, 2, opt.threads));
+      size_t toks = 0;
+      for (auto& q : gen) toks += q.size(), seqs.push_back(std::move(q));
+      src += " + " + std::to_string(samples) + " teacher samples (" + std::to_string(toks) + " tokens)";
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "distill: sampled %d sequences (%zu tokens) from the teacher in %.1f s", samples, toks, since(tsm));
+      progress(buf);
+    }
+    KERF_ASSIGN_OR_RETURN(std::vector<quant::WeightUse> uses, quant::enumerate_weights(lifted));
+    std::map<std::string, std::pair<quant::QSpec, quant::ParamRule>> prec;
+    for (const auto& u : uses) prec[u.tensor] = {quant::QSpec{quant::QKind::kF32, 0, 0, fmt::ScaleFormat::kF16}, quant::ParamRule::kRtn};
+    if (!(recipe && recipe->distill)) {
+      qo.warmup = std::min(100, steps / 10);
+      qo.eval_every = std::max(25, steps / 10);
+    }
+    if (qo.hidden_weight > 0) {
+      if (!plan.dropped_blocks.empty()) return InvalidArgument("distill.hidden_weight: hidden-state distillation needs the same depth (drop_blocks = 0)");
+      for (const prune::Block& b : m.blocks) qo.hidden_pairs.push_back({b.residual_out, b.residual_out});
+    }
+    qo.threads = opt.threads;
+    qo.progress = progress;
+    // Checkpoints: the default sits beside the artifact; `kerf eval` reads the distilled weights
+    // from it for the stage table, and --resume continues from it.
+    std::string ck = opt.checkpoint_path.empty() ? opt.output_path + ".ckpt" : opt.checkpoint_path;
+    {
+      std::error_code ec;
+      const auto abs = std::filesystem::absolute(ck, ec);
+      if (!ec) ck = abs.string();
+    }
+    qo.checkpoint_path = ck;
+    qo.checkpoint_every = std::max(50, steps / 10);
+    qo.resume = opt.resume;
+    qo.checkpoint_meta["prune.plan"] = prune::to_text(plan);
+    qo.checkpoint_meta["source"] = opt.model_path;
+    KERF_ASSIGN_OR_RETURN(std::unique_ptr<distill::DataParallel> dp, distill::DataParallel::from_env());
+    if (dp->world_size() > 1) {
+      qo.dp = dp.get();
+      progress("distill: data parallel, " + dp->describe());
+      s->distributed_rank = dp->rank();
+    }
+    auto dr = distill::quantization_aware_distill(lifted, *teacher, prec, seqs, val, qo);
+    if (!dr.ok()) return dr.status().with_context("distillation");
+    s->distill_log = dr->log;
+    char buf[300];
+    std::snprintf(buf, sizeof buf, "distill: %d steps on %s minus %zu validation sequences; val KL %.4f -> %.4f (best, step %d), %.1f s, %.0f tok/s",
+                  dr->steps, src.c_str(), n_val, dr->val_kl_initial, dr->val_kl_best, dr->best_step, dr->seconds, dr->tokens_per_second);
+    s->distill_log.push_back(buf);
+    (*meta)["compile.distill"] = buf;
+    s->distill_seconds = since(td);
+    if (s->distributed_rank == 0) {
+      std::ifstream f(ck, std::ios::binary);
+      std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      if (bytes.empty()) return IoError(ck + ": distillation checkpoint was not written");
+      (*meta)["distill.checkpoint"] = ck;
+      (*meta)["distill.checkpoint_xxh64"] = hex64(xxh64(bytes.data(), bytes.size(), 0));
+    }
   }
   return Status::Ok();
 }
@@ -335,10 +527,33 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
 
   t0 = std::chrono::steady_clock::now();
   std::map<std::string, std::string> extra_meta;
+  CompileOptions popt = opt;  // pruning / distillation settings: the command line over the recipe
+  Recipe recipe;
+  const bool have_recipe = !opt.recipe_path.empty();
+  if (have_recipe) {
+    KERF_ASSIGN_OR_RETURN(recipe, parse_recipe_file(opt.recipe_path));
+    if (recipe.prune) {
+      if (!(opt.keep_heads < 1)) popt.keep_heads = recipe.keep_heads;
+      if (!(opt.keep_ffn < 1)) popt.keep_ffn = recipe.keep_ffn;
+      if (!(opt.keep_embed < 1)) popt.keep_embed = recipe.keep_embed;
+      if (opt.drop_blocks == 0) popt.drop_blocks = recipe.drop_blocks;
+      if (opt.head_mode.empty()) popt.head_mode = recipe.head_mode;
+      if (opt.importance.empty()) popt.importance = recipe.importance;
+      if (opt.prune_budget.empty()) popt.prune_budget = recipe.prune_budget;
+    }
+  }
+  const bool pruning = pruning_requested(popt);
+  ir::Graph teacher;
+  if (pruning) {
+    KERF_RETURN_IF_ERROR(prune_and_distill(popt, have_recipe ? &recipe : nullptr, lifted, &teacher, tokenizer, vocab, &s, &extra_meta));
+    if (s.distributed_rank > 0) return s;  // data-parallel worker: rank 0 quantizes and writes
+  } else if (opt.distill_steps > 0 || (have_recipe && recipe.distill && recipe.distill_options.steps > 0)) {
+    return InvalidArgument("--distill-steps needs a pruned student: add --keep-heads / --keep-ffn / --prune-budget");
+  }
   const bool calibrated = !opt.recipe_path.empty() || opt.bpw > 0 || !opt.linear_spec.empty() ||
-                          !opt.embedding_spec.empty() || !opt.method.empty();
+                          !opt.embedding_spec.empty() || !opt.method.empty() || pruning;
   if (calibrated) {
-    KERF_RETURN_IF_ERROR(compile_calibrated(opt, lifted, tokenizer, vocab, &s, &extra_meta));
+    KERF_RETURN_IF_ERROR(compile_calibrated(opt, lifted, pruning ? &teacher : nullptr, tokenizer, vocab, &s, &extra_meta));
   } else {
     if (!opt.calib_path.empty())
       return InvalidArgument("--calib given but the RTN baseline needs no calibration: add --method, --recipe or --bpw");
@@ -383,6 +598,9 @@ std::string compile_summary_text(const CompileOptions& opt, const CompileSummary
   }
   os << "  recipe: " << s.recipe << "\n";
   if (!s.calib_source.empty()) os << "  calibration: " << s.calib_source << " (hash " << hex64(s.calib_hash) << ")\n";
+  if (!s.prune_text.empty()) os << "  pruning: " << s.prune_text << "\n";
+  for (const auto& l : s.stage_lines) os << "    " << l << "\n";
+  if (!s.distill_log.empty()) os << "  " << s.distill_log.back() << "\n";
   for (const auto& l : s.mixed_log) os << "  allocator: " << l << "\n";
   if (!s.qad_log.empty()) os << "  " << s.qad_log.back() << "\n";
   if (s.calibrated) {
@@ -423,8 +641,8 @@ std::string compile_summary_text(const CompileOptions& opt, const CompileSummary
                 s.total_seconds, s.import_seconds, s.passes_seconds, s.verify_seconds, s.quant_seconds, s.write_seconds);
   os << buf;
   if (s.calibrated) {
-    std::snprintf(buf, sizeof buf, "  quantization wall time: %.2f s (mixed-precision allocation %.2f s, distillation %.2f s, calibrated quantization %.2f s)\n",
-                  s.quant_seconds, s.mixed_seconds, s.qad_seconds, s.calib_seconds);
+    std::snprintf(buf, sizeof buf, "  quantization wall time: %.2f s (pruning %.2f s, distillation %.2f s, mixed-precision allocation %.2f s, quantization-aware distillation %.2f s, calibrated quantization %.2f s)\n",
+                  s.quant_seconds, s.prune_seconds, s.distill_seconds, s.mixed_seconds, s.qad_seconds, s.calib_seconds);
     os << buf;
   }
   return os.str();

@@ -35,6 +35,18 @@ struct CompileOptions {
   double bpw = 0;                    ///< mixed-precision budget (0: the recipe's / none)
   bool strict = false;               ///< fail when the recipe cannot be met exactly
   bool progress = false;             ///< progress lines on stderr
+
+  // Structured pruning (prune/) and knowledge distillation (distill/), before quantization. Any keep
+  // fraction < 1, drop_blocks > 0 or a budget enables pruning; the teacher is the unpruned model.
+  double keep_heads = 1, keep_ffn = 1, keep_embed = 1;  ///< fractions kept (prune/prune.h)
+  int drop_blocks = 0;               ///< whole blocks removed (depth)
+  std::string head_mode;             ///< kv-groups | query-heads (default kv-groups)
+  std::string importance;            ///< activation | taylor | magnitude (default activation)
+  std::string prune_budget;          ///< "flops:F" or "params:F": solve keep fractions for F x the original
+  int distill_steps = -1;            ///< KD steps after pruning (-1: the recipe's, else 0)
+  std::string checkpoint_path;       ///< distillation checkpoint (default OUTPUT.ckpt when distilling)
+  bool resume = false;               ///< continue from checkpoint_path
+  int teacher_samples = -1;          ///< sequences sampled from the teacher added to the training text (-1: the recipe's, else 0)
 };
 
 struct CompileSummary {
@@ -54,6 +66,12 @@ struct CompileSummary {
   std::vector<std::string> qad_log;   ///< distillation progress (validation lines, summary last)
   std::vector<std::string> mixed_log; ///< allocator rounds
   double mixed_budget = 0;            ///< requested bpw (0: no allocation)
+  // Pruning / distillation (empty when not asked).
+  std::string prune_text;             ///< "kept 6/8 heads (3/4 KV groups), 86/172 FFN channels per block (activation)"
+  std::vector<std::string> stage_lines;  ///< params / FLOPs per stage
+  std::vector<std::string> distill_log;
+  double prune_seconds = 0, distill_seconds = 0;
+  int distributed_rank = 0;           ///< > 0: a data-parallel distillation worker; nothing was written
 };
 
 /// Known target names.

@@ -4,12 +4,16 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "compiler/pipeline/model_io.h"
+#include "distill/checkpoint.h"
 #include "distill/reference.h"
+#include "kerf/xxh64.h"
+#include "prune/prune.h"
 #include "kerf/kerf.h"
 
 namespace kerf::pipeline {
@@ -103,6 +107,81 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
     ref = std::make_unique<distill::ReferenceExecutor>(std::move(ex));
   }
 
+  // Compression stages: FP models rebuilt from the reference and the artifact's records.
+  struct FpStage {
+    size_t row;
+    std::unique_ptr<distill::ReferenceExecutor> ex;
+    double nll = 0, kl = 0;
+    int64_t agree = 0;
+  };
+  std::vector<FpStage> fp_stages;
+  auto meta_str = [&](const std::string& key) {
+    const char* v = nullptr;
+    size_t n = 0;
+    return kerf_model_meta_string(model.get(), key.c_str(), &v, &n) == 0 ? std::string(v, n) : std::string();
+  };
+  const std::string plan_text = meta_str("prune.plan");
+  if (!plan_text.empty() && ref && opt.stages) {
+    rep.prune_summary = meta_str("prune.summary");
+    auto cost_of = [&](const std::string& stage, StageMetrics* m) {
+      try {
+        m->params = std::stoll(meta_str("stage." + stage + ".params"));
+        m->decode_flops = std::stod(meta_str("stage." + stage + ".decode_flops"));
+        m->prefill_flops = std::stod(meta_str("stage." + stage + ".prefill_flops"));
+        m->context = std::stoll(meta_str("stage." + stage + ".context"));
+      } catch (const std::exception&) {
+      }
+      m->bytes = static_cast<uint64_t>(m->params) * 4;
+    };
+    StageMetrics orig, pruned, distilled, quantized;
+    orig.name = "original";
+    orig.measured = true;
+    pruned.name = "pruned";
+    distilled.name = "distilled";
+    quantized.name = "quantized";
+    quantized.measured = true;
+    cost_of("original", &orig);
+    cost_of("pruned", &pruned);
+    cost_of("pruned", &distilled);
+    cost_of("pruned", &quantized);
+    quantized.bytes = rep.bytes;
+    KERF_ASSIGN_OR_RETURN(LoadedModel lm, load_model(opt.reference_path));
+    KERF_ASSIGN_OR_RETURN(prune::Plan plan, prune::plan_from_text(plan_text));
+    KERF_ASSIGN_OR_RETURN(prune::Model pm, prune::analyze(lm.lifted));
+    ir::Graph g = lm.lifted;
+    KERF_RETURN_IF_ERROR(prune::apply_plan(g, pm, plan).with_context(opt.artifact_path + ": recorded pruning plan"));
+    distill::ReferenceOptions ro;
+    ro.threads = opt.threads;
+    KERF_ASSIGN_OR_RETURN(auto pex, distill::ReferenceExecutor::create(g, ro));
+    fp_stages.push_back({1, std::make_unique<distill::ReferenceExecutor>(std::move(pex))});
+    pruned.measured = true;
+    const std::string ck_path = meta_str("distill.checkpoint"), ck_hash = meta_str("distill.checkpoint_xxh64");
+    if (ck_path.empty()) {
+      distilled.note = "no distillation";
+    } else {
+      std::ifstream f(ck_path, std::ios::binary);
+      std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      char hb[17];
+      std::snprintf(hb, sizeof hb, "%016llx", static_cast<unsigned long long>(xxh64(bytes.data(), bytes.size(), 0)));
+      if (!f.good() && bytes.empty()) {
+        distilled.note = "checkpoint " + ck_path + " not found";
+      } else if (hb != ck_hash) {
+        distilled.note = "checkpoint " + ck_path + " changed since compile (hash " + hb + ", recorded " + ck_hash + ")";
+      } else {
+        KERF_ASSIGN_OR_RETURN(distill::Checkpoint ck, distill::load_checkpoint(ck_path));
+        KERF_ASSIGN_OR_RETURN(auto dex, distill::ReferenceExecutor::create(g, ro));
+        for (const auto& t : ck.tensors) {
+          const auto hash = t.name.find('#');
+          if (hash == std::string::npos || t.name.substr(hash) != "#best") continue;
+          KERF_RETURN_IF_ERROR(dex.set_weight(t.name.substr(0, hash), t.data).with_context(ck_path));
+        }
+        fp_stages.push_back({2, std::make_unique<distill::ReferenceExecutor>(std::move(dex))});
+        distilled.measured = true;
+      }
+    }
+    rep.stages = {orig, pruned, distilled, quantized};
+  }
+
   kerf_session* sraw = nullptr;
   rc = kerf_session_create(model.get(), 0, &sraw);
   if (rc != KERF_OK) return Internal(std::string("cannot create a runtime session: ") + kerf_status_string(rc));
@@ -156,6 +235,22 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
       }
       ++positions;
     }
+    for (FpStage& st : fp_stages) {
+      st.ex->reset_cache();
+      std::vector<int64_t> t64(toks.begin(), toks.begin() + T);
+      KERF_ASSIGN_OR_RETURN(std::vector<float> sl, st.ex->forward_tokens(t64));
+      for (int t = 0; t + 1 < T; ++t) {
+        const float* q = sl.data() + static_cast<size_t>(t) * static_cast<size_t>(vocab);
+        const float* p = ref_logits.data() + static_cast<size_t>(t) * static_cast<size_t>(vocab);
+        log_softmax(q, vocab, lq);
+        log_softmax(p, vocab, lp);
+        st.nll -= lq[static_cast<size_t>(toks[static_cast<size_t>(t) + 1])];
+        double k = 0;
+        for (int i = 0; i < vocab; ++i) k += std::exp(lp[static_cast<size_t>(i)]) * (lp[static_cast<size_t>(i)] - lq[static_cast<size_t>(i)]);
+        st.kl += k;
+        st.agree += argmax(p, vocab) == argmax(q, vocab);
+      }
+    }
     ++rep.n_stories;
     if (opt.progress)
       std::fprintf(stderr, "\reval: story %zu/%zu, %lld tokens", si + 1, stories.size(), static_cast<long long>(positions));
@@ -170,6 +265,19 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
     rep.ppl_reference = std::exp(rep.nll_reference);
     rep.kl = kl / static_cast<double>(positions);
     rep.top1 = static_cast<double>(agree) / static_cast<double>(positions);
+  }
+  if (!rep.stages.empty()) {
+    const double n = static_cast<double>(positions);
+    rep.stages[0].nll = rep.nll_reference, rep.stages[0].ppl = rep.ppl_reference, rep.stages[0].top1 = 1;
+    for (const FpStage& st : fp_stages) {
+      StageMetrics& m = rep.stages[st.row];
+      m.nll = st.nll / n;
+      m.ppl = std::exp(m.nll);
+      m.kl = st.kl / n;
+      m.top1 = static_cast<double>(st.agree) / n;
+    }
+    StageMetrics& q = rep.stages[3];
+    q.nll = rep.nll, q.ppl = rep.ppl, q.kl = rep.kl, q.top1 = rep.top1;
   }
   rep.artifact_tokens_per_second =
       rep.artifact_seconds > 0 ? static_cast<double>(positions + rep.n_stories) / rep.artifact_seconds : 0;
@@ -199,6 +307,19 @@ std::string eval_report_json(const EvalReport& r) {
   for (const auto& t : r.tensors)
     ts.push_back({{"name", t.name}, {"storage", t.dtype}, {"shape", t.shape}, {"bytes", t.bytes}, {"detail", t.detail}});
   j["tensors"] = ts;
+  if (!r.stages.empty()) {
+    nlohmann::ordered_json st = nlohmann::ordered_json::array();
+    for (const auto& m : r.stages) {
+      nlohmann::ordered_json e = {{"stage", m.name}, {"measured", m.measured}};
+      if (m.measured) e.update({{"ppl", m.ppl}, {"nll", m.nll}, {"kl", m.kl}, {"top1", m.top1}});
+      else e["note"] = m.note;
+      e.update({{"params", m.params}, {"decode_flops_per_token", m.decode_flops}, {"prefill_flops_per_token", m.prefill_flops},
+                {"context", m.context}, {"bytes", m.bytes}});
+      st.push_back(e);
+    }
+    j["stages"] = st;
+    j["prune"] = r.prune_summary;
+  }
   j["timing"] = {{"reference_seconds", r.reference_seconds},
                  {"artifact_seconds", r.artifact_seconds},
                  {"artifact_prefill_tokens_per_second", r.artifact_tokens_per_second}};
@@ -229,6 +350,25 @@ std::string eval_report_markdown(const EvalReport& r) {
                 "\nTime: reference %.2f s, artifact %.2f s (runtime-lite scalar CPU, 1 thread, %.0f prefill tokens/s).\n",
                 r.reference_seconds, r.artifact_seconds, r.artifact_tokens_per_second);
   os << buf;
+  if (!r.stages.empty()) {
+    os << "\n## Compression stages\n\n" << r.prune_summary << "\n\n";
+    os << "| stage | perplexity | KL(ref ‖ stage) | top-1 | parameters | decode MFLOP/token | prefill MFLOP/token | bytes |\n"
+          "|---|---|---|---|---|---|---|---|\n";
+    for (const auto& m : r.stages) {
+      if (m.measured)
+        std::snprintf(buf, sizeof buf, "| %s | %.4f (%+.2f %%) | %.4f | %.4f |", m.name.c_str(), m.ppl,
+                      r.ppl_reference > 0 ? 100.0 * (m.ppl / r.ppl_reference - 1.0) : 0.0, m.kl, m.top1);
+      else
+        std::snprintf(buf, sizeof buf, "| %s | n/a (%s) | | |", m.name.c_str(), m.note.c_str());
+      os << buf;
+      std::snprintf(buf, sizeof buf, " %lld | %.4f | %.4f | %llu%s |\n", static_cast<long long>(m.params), m.decode_flops / 1e6,
+                    m.prefill_flops / 1e6, static_cast<unsigned long long>(m.bytes), m.name == "quantized" ? "" : " (f32)");
+      os << buf;
+    }
+    if (!r.stages.empty() && r.stages[0].context > 0)
+      os << "\nFLOPs: 2 x multiply-adds of the matrices plus attention over the context, per token; decode at context " << r.stages[0].context
+         << ", prefill averaged over a " << r.stages[0].context << "-token prompt (prune/prune.h).\n";
+  }
   if (!r.tensors.empty()) {
     os << "\n## Tensors\n\n| tensor | shape | storage | bytes | precision, method, role, calibration |\n|---|---|---|---|---|\n";
     for (const auto& t : r.tensors) {

@@ -20,12 +20,29 @@ struct EvalOptions {
   StoryRange stories{400, 800};
   int threads = 1;             ///< LibTorch threads for the reference (per-story forwards are small)
   bool progress = false;       ///< progress line on stderr
+  bool stages = true;          ///< pruned artifacts: also score the pruned and distilled FP models (needs the
+                               ///< reference; the distilled weights come from the checkpoint the artifact names)
 };
 
 struct TensorInfo {
   std::string name, dtype, detail;  ///< detail: "q4_asym g32 rtn linear" from the artifact metadata
   std::vector<int64_t> shape;
   uint64_t bytes = 0;
+};
+
+/// One row of the compression-stage table (artifacts compiled with pruning): the source model, the
+/// pruned model before distillation, the distilled FP student, and the quantized artifact, each
+/// scored on the same stories against the source (FP stages by the reference executor, the last
+/// by runtime-lite).
+struct StageMetrics {
+  std::string name;             ///< "original" | "pruned" | "distilled" | "quantized"
+  bool measured = false;        ///< false: not available (note says why)
+  std::string note;
+  double ppl = 0, nll = 0, kl = 0, top1 = 0;
+  int64_t params = 0;           ///< parameters (every initializer read by a node, once)
+  double decode_flops = 0, prefill_flops = 0;  ///< per token, at `context` (prune/prune.h Cost)
+  int64_t context = 0;
+  uint64_t bytes = 0;           ///< float32 weights for FP stages; the artifact's file size for "quantized"
 };
 
 struct EvalReport {
@@ -43,6 +60,8 @@ struct EvalReport {
   double artifact_tokens_per_second = 0;               ///< prefill tokens/s of runtime-lite (1 thread)
   std::vector<TensorInfo> tensors;
   std::string recipe, target;
+  std::vector<StageMetrics> stages;   ///< empty unless the artifact records pruning (and a reference is given)
+  std::string prune_summary;          ///< the artifact's "prune.summary"
 };
 
 /// Runs the protocol. Errors: kIo / kBadInput for unreadable or corrupt artifact, model or text

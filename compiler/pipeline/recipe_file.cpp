@@ -97,7 +97,7 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
   if (!root.IsMap()) return BadInput(label + ": a recipe must be a YAML mapping");
   try {
     KERF_RETURN_IF_ERROR(check_keys(c, root, "",
-                                    {"name", "description", "calibration", "default", "gptq", "awq", "tensors", "mixed", "qad", "strict"}));
+                                    {"name", "description", "calibration", "default", "gptq", "awq", "tensors", "mixed", "qad", "prune", "distill", "strict"}));
     if (root["name"]) KERF_RETURN_IF_ERROR(get(c, root["name"], "name", &r.name));
     if (root["strict"]) KERF_RETURN_IF_ERROR(get(c, root["strict"], "strict", &r.strict));
     if (const YAML::Node cal = root["calibration"]) {
@@ -183,36 +183,66 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
         KERF_RETURN_IF_ERROR(get(c, m["sensitivity_tokens"], "mixed.sensitivity_tokens", &r.sensitivity_tokens));
       if (r.sensitivity_tokens < 16) return c.err("mixed.sensitivity_tokens", "must be >= 16");
     }
-    if (const YAML::Node q = root["qad"]) {
-      KERF_RETURN_IF_ERROR(check_keys(c, q, "qad",
-                                      {"steps", "lr", "batch", "seq_len", "stories", "val_fraction", "temperature", "seed",
-                                       "weight_decay", "warmup", "eval_every"}));
-      r.qad = true;
-      auto& o = r.qad_options;
-      if (q["steps"]) KERF_RETURN_IF_ERROR(get(c, q["steps"], "qad.steps", &o.steps));
-      if (q["lr"]) KERF_RETURN_IF_ERROR(get(c, q["lr"], "qad.lr", &o.lr));
-      if (q["batch"]) KERF_RETURN_IF_ERROR(get(c, q["batch"], "qad.batch", &o.batch));
-      if (q["seq_len"]) KERF_RETURN_IF_ERROR(get(c, q["seq_len"], "qad.seq_len", &o.seq_len));
-      if (q["temperature"]) KERF_RETURN_IF_ERROR(get(c, q["temperature"], "qad.temperature", &o.temperature));
-      if (q["weight_decay"]) KERF_RETURN_IF_ERROR(get(c, q["weight_decay"], "qad.weight_decay", &o.weight_decay));
-      if (q["warmup"]) KERF_RETURN_IF_ERROR(get(c, q["warmup"], "qad.warmup", &o.warmup));
-      if (q["eval_every"]) KERF_RETURN_IF_ERROR(get(c, q["eval_every"], "qad.eval_every", &o.eval_every));
-      if (q["seed"]) KERF_RETURN_IF_ERROR(get(c, q["seed"], "qad.seed", &o.seed));
-      if (q["val_fraction"]) KERF_RETURN_IF_ERROR(get(c, q["val_fraction"], "qad.val_fraction", &r.qad_val_fraction));
+    // qad: and distill: share their training keys.
+    auto training = [&](const YAML::Node& q, const std::string& sec, distill::QadOptions& o, StoryRange& stories, double& val_fraction,
+                        bool extra) -> Status {
+      std::vector<std::string> keys = {"steps", "lr", "batch", "seq_len", "stories", "val_fraction", "temperature", "seed",
+                                       "weight_decay", "warmup", "eval_every"};
+      if (extra) keys.insert(keys.end(), {"hidden_weight", "teacher_samples"});
+      KERF_RETURN_IF_ERROR(check_keys(c, q, sec, std::set<std::string>(keys.begin(), keys.end())));
+      if (q["steps"]) KERF_RETURN_IF_ERROR(get(c, q["steps"], sec + ".steps", &o.steps));
+      if (q["lr"]) KERF_RETURN_IF_ERROR(get(c, q["lr"], sec + ".lr", &o.lr));
+      if (q["batch"]) KERF_RETURN_IF_ERROR(get(c, q["batch"], sec + ".batch", &o.batch));
+      if (q["seq_len"]) KERF_RETURN_IF_ERROR(get(c, q["seq_len"], sec + ".seq_len", &o.seq_len));
+      if (q["temperature"]) KERF_RETURN_IF_ERROR(get(c, q["temperature"], sec + ".temperature", &o.temperature));
+      if (q["weight_decay"]) KERF_RETURN_IF_ERROR(get(c, q["weight_decay"], sec + ".weight_decay", &o.weight_decay));
+      if (q["warmup"]) KERF_RETURN_IF_ERROR(get(c, q["warmup"], sec + ".warmup", &o.warmup));
+      if (q["eval_every"]) KERF_RETURN_IF_ERROR(get(c, q["eval_every"], sec + ".eval_every", &o.eval_every));
+      if (q["seed"]) KERF_RETURN_IF_ERROR(get(c, q["seed"], sec + ".seed", &o.seed));
+      if (q["val_fraction"]) KERF_RETURN_IF_ERROR(get(c, q["val_fraction"], sec + ".val_fraction", &val_fraction));
+      if (q["hidden_weight"]) KERF_RETURN_IF_ERROR(get(c, q["hidden_weight"], sec + ".hidden_weight", &o.hidden_weight));
+      if (q["teacher_samples"]) KERF_RETURN_IF_ERROR(get(c, q["teacher_samples"], sec + ".teacher_samples", &r.teacher_samples));
       if (q["stories"]) {
-        std::string s;
-        KERF_RETURN_IF_ERROR(get(c, q["stories"], "qad.stories", &s));
-        auto sr = parse_story_range(s);
-        if (!sr.ok()) return c.err("qad.stories", sr.status().message());
-        r.qad_stories = *sr;
+        std::string st;
+        KERF_RETURN_IF_ERROR(get(c, q["stories"], sec + ".stories", &st));
+        auto sr = parse_story_range(st);
+        if (!sr.ok()) return c.err(sec + ".stories", sr.status().message());
+        stories = *sr;
       }
-      if (o.steps < 1 || o.steps > 1000000) return c.err("qad.steps", "must be in 1..1000000");
-      if (!(o.lr > 0 && o.lr < 1)) return c.err("qad.lr", "must be in (0, 1)");
-      if (o.batch < 1 || o.batch > 4096) return c.err("qad.batch", "must be in 1..4096");
-      if (o.seq_len < 2) return c.err("qad.seq_len", "must be >= 2");
-      if (!(o.temperature > 0)) return c.err("qad.temperature", "must be > 0");
-      if (o.warmup < 0 || o.eval_every < 1) return c.err("qad", "warmup must be >= 0 and eval_every >= 1");
-      if (!(r.qad_val_fraction >= 0 && r.qad_val_fraction < 0.5)) return c.err("qad.val_fraction", "must be in [0, 0.5)");
+      if (o.steps < (extra ? 0 : 1) || o.steps > 1000000) return c.err(sec + ".steps", extra ? "must be in 0..1000000" : "must be in 1..1000000");
+      if (!(o.lr > 0 && o.lr < 1)) return c.err(sec + ".lr", "must be in (0, 1)");
+      if (o.batch < 1 || o.batch > 4096) return c.err(sec + ".batch", "must be in 1..4096");
+      if (o.seq_len < 2) return c.err(sec + ".seq_len", "must be >= 2");
+      if (!(o.temperature > 0)) return c.err(sec + ".temperature", "must be > 0");
+      if (o.warmup < 0 || o.eval_every < 1) return c.err(sec, "warmup must be >= 0 and eval_every >= 1");
+      if (!(val_fraction >= 0 && val_fraction < 0.5)) return c.err(sec + ".val_fraction", "must be in [0, 0.5)");
+      if (!(o.hidden_weight >= 0)) return c.err(sec + ".hidden_weight", "must be >= 0");
+      if (r.teacher_samples < 0 || r.teacher_samples > 1000000) return c.err(sec + ".teacher_samples", "must be in 0..1000000");
+      return Status::Ok();
+    };
+    if (const YAML::Node q = root["qad"]) {
+      r.qad = true;
+      KERF_RETURN_IF_ERROR(training(q, "qad", r.qad_options, r.qad_stories, r.qad_val_fraction, false));
+    }
+    if (const YAML::Node q = root["distill"]) {
+      r.distill = true;
+      r.distill_options.steps = 0;
+      r.distill_options.label = "distill";
+      KERF_RETURN_IF_ERROR(training(q, "distill", r.distill_options, r.distill_stories, r.distill_val_fraction, true));
+    }
+    if (const YAML::Node p = root["prune"]) {
+      KERF_RETURN_IF_ERROR(check_keys(c, p, "prune", {"keep_heads", "keep_ffn", "keep_embed", "drop_blocks", "head_mode", "importance", "budget"}));
+      r.prune = true;
+      if (p["keep_heads"]) KERF_RETURN_IF_ERROR(get(c, p["keep_heads"], "prune.keep_heads", &r.keep_heads));
+      if (p["keep_ffn"]) KERF_RETURN_IF_ERROR(get(c, p["keep_ffn"], "prune.keep_ffn", &r.keep_ffn));
+      if (p["keep_embed"]) KERF_RETURN_IF_ERROR(get(c, p["keep_embed"], "prune.keep_embed", &r.keep_embed));
+      if (p["drop_blocks"]) KERF_RETURN_IF_ERROR(get(c, p["drop_blocks"], "prune.drop_blocks", &r.drop_blocks));
+      if (p["head_mode"]) KERF_RETURN_IF_ERROR(get(c, p["head_mode"], "prune.head_mode", &r.head_mode));
+      if (p["importance"]) KERF_RETURN_IF_ERROR(get(c, p["importance"], "prune.importance", &r.importance));
+      if (p["budget"]) KERF_RETURN_IF_ERROR(get(c, p["budget"], "prune.budget", &r.prune_budget));
+      for (double f : {r.keep_heads, r.keep_ffn, r.keep_embed})
+        if (!(f > 0 && f <= 1)) return c.err("prune", "keep fractions must be in (0, 1]");
+      if (r.drop_blocks < 0) return c.err("prune.drop_blocks", "must be >= 0");
     }
   } catch (const YAML::Exception& e) {
     return BadInput(label + ": " + e.what());

@@ -30,6 +30,17 @@
 //     val_fraction: 0.05                  #   the last 5 % of them: validation / early stopping
 //     temperature: 1.0
 //     seed: 0
+//   prune:                                # optional: structured pruning (prune/prune.h) before quantization
+//     keep_heads: 0.75                    #   fractions kept; or budget: "flops:0.6" / "params:0.5"
+//     keep_ffn: 0.5
+//     keep_embed: 1.0
+//     drop_blocks: 0
+//     head_mode: kv-groups                #   or query-heads
+//     importance: activation              #   or taylor, magnitude
+//   distill:                              # optional: KD of the pruned student from the unpruned model
+//     steps: 2000                         #   same keys as qad, plus:
+//     hidden_weight: 0.0                  #   normalized MSE on every block output (same depth only)
+//     teacher_samples: 0                  #   sequences sampled from the teacher added to the training set
 //   strict: false                         # fail instead of noting when something is not as asked
 //
 // Roles for `match`: "all", "linear" (every matrix but the embedding), "embedding" (the embedding
@@ -83,6 +94,16 @@ struct Recipe {
   distill::QadOptions qad_options;
   StoryRange qad_stories{0, 400};
   double qad_val_fraction = 0.05;
+  // Structured pruning and distillation (compile: prune -> distill -> quantize).
+  bool prune = false;
+  double keep_heads = 1, keep_ffn = 1, keep_embed = 1;
+  int drop_blocks = 0;
+  std::string head_mode, importance, prune_budget;
+  bool distill = false;
+  distill::QadOptions distill_options;   ///< steps 0 = no distillation
+  StoryRange distill_stories{0, 400};
+  double distill_val_fraction = 0.05;
+  int teacher_samples = 0;               ///< sequences sampled from the teacher added to the training text
 };
 
 /// Parses a recipe. Errors: kIo (unreadable), kBadInput naming the file, the key and what is wrong
