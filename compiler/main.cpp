@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
   compile->add_option("--calib", copt.calib_path, "calibration text (stories separated by <|endoftext|> lines)");
   std::string calib_stories;
   compile->add_option("--calib-stories", calib_stories, "calibration story range A:B (default: the recipe's, else 0:128)");
-  compile->add_option("--calib-tokens", copt.calib_tokens, "cap on calibration tokens (0 = no cap; default: the recipe's)");
+  compile->add_option("--calib-tokens", copt.calib_tokens, "cap on calibration tokens (0 = no cap; default: the recipe's, 65536 without a recipe)");
   compile->add_option("--bpw", copt.bpw, "mixed precision: effective bits-per-weight budget over all weight matrices");
   compile->add_flag("--strict", copt.strict, "fail when the recipe cannot be met exactly (instead of noting it)");
   compile->add_option("--keep-heads", copt.keep_heads, "structured pruning: fraction of query heads kept per block")->check(CLI::Range(0.0, 1.0));
@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   compile->add_option("--distill-steps", copt.distill_steps, "knowledge-distillation steps after pruning (teacher = the unpruned model)");
   compile->add_option("--checkpoint", copt.checkpoint_path, "distillation checkpoint (default OUTPUT.ckpt when distilling)");
   compile->add_flag("--resume", copt.resume, "continue distillation from --checkpoint");
+  compile->add_option("--qad-steps", copt.qad_steps, "final quantization-aware distillation steps (default with pruning: 20 % of --distill-steps; 0 = none, quantize post-training)");
   compile->add_option("--teacher-samples", copt.teacher_samples, "distillation: sequences sampled from the teacher added to the training text");
   bool compile_quiet = false;
   compile->add_flag("-q,--quiet", compile_quiet, "no progress lines");

@@ -141,15 +141,20 @@ at::Tensor kd_sum(const at::Tensor& student, const at::Tensor& teacher, const at
   return ((lt.exp() * (lt - ls)).sum(-1) * mask).sum() * (temp * temp);
 }
 
-/// Normalized hidden-state MSE, masked, averaged over the pairs.
-at::Tensor hidden_loss(const std::vector<at::Tensor>& s, const std::vector<at::Tensor>& t, const at::Tensor& mask) {
+/// Per pair, the masked sum of the teacher value's squares (the normalizer of hidden_loss).
+std::vector<double> hidden_norms(const std::vector<at::Tensor>& t, const at::Tensor& mask) {
+  std::vector<double> d;
+  for (const auto& x : t) d.push_back((x.pow(2) * mask.unsqueeze(-1)).sum().item<double>());
+  return d;
+}
+
+/// Normalized hidden-state MSE: mean over the pairs of masked sum (s - t)^2 / norms[pair] (norms over
+/// the whole (global) batch, so data-parallel ranks add up to the single-process loss).
+at::Tensor hidden_loss(const std::vector<at::Tensor>& s, const std::vector<at::Tensor>& t, const at::Tensor& mask,
+                       const std::vector<double>& norms) {
   at::Tensor total = at::zeros({}, at::kFloat);
   const at::Tensor m = mask.unsqueeze(-1);
-  for (size_t i = 0; i < s.size(); ++i) {
-    at::Tensor num = ((s[i] - t[i]).pow(2) * m).sum();
-    at::Tensor den = (t[i].pow(2) * m).sum().clamp_min(1e-12);
-    total = total + num / den;
-  }
+  for (size_t i = 0; i < s.size(); ++i) total = total + ((s[i] - t[i]).pow(2) * m).sum() / std::max(norms[i], 1e-12);
   return total / static_cast<double>(std::max<size_t>(s.size(), 1));
 }
 
@@ -215,9 +220,10 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
     return forward_train_taps(sex, b.tokens, eff, s_taps);
   };
   // Loss of this rank's rows: KL summed over its positions / the global count of real positions.
-  auto loss_of = [&](const std::vector<at::Tensor>& st, const TeacherOut& te, const Batch& b, double temp, double global_positions) {
+  auto loss_of = [&](const std::vector<at::Tensor>& st, const TeacherOut& te, const Batch& b, double temp, double global_positions,
+                     const std::vector<double>& norms) {
     at::Tensor l = kd_sum(st[0], te.logits, b.mask, temp) / global_positions;
-    if (opt.hidden_weight > 0) l = l + opt.hidden_weight / world * hidden_loss({st.begin() + 1, st.end()}, te.taps, b.mask);
+    if (opt.hidden_weight > 0) l = l + opt.hidden_weight * hidden_loss({st.begin() + 1, st.end()}, te.taps, b.mask, norms);
     return l;
   };
 
@@ -309,8 +315,10 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
   QadReport rep;
   KERF_ASSIGN_OR_RETURN(rep.val_kl_initial, validate());
   rep.val_kl_best = rep.val_kl_initial;
-  std::vector<at::Tensor> best;
+  std::vector<at::Tensor> best, init;
   for (const Param& p : ps) best.push_back(p.w.detach().clone());
+  if (opt.checkpoint_initial)
+    for (const Param& p : ps) init.push_back(p.w.detach().clone());
   {
     char buf[200];
     std::snprintf(buf, sizeof buf, "%s: %zu tensors (%zu fake-quantized), %zu training / %zu validation sequences; val KL %.4f before training",
@@ -330,6 +338,15 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
   double loss_avg = 0, trained_seconds = 0;
   int first_step = 1;
 
+  // Everything that must match for a resumed run to equal an uninterrupted one.
+  std::string options_text;
+  {
+    char buf[320];
+    std::snprintf(buf, sizeof buf, "steps %d batch %d seq_len %d lr %.9g wd %.9g warmup %d T %.9g clip %.9g eval_every %d seed %llu world %d bucket %d hidden %.9g",
+                  opt.steps, opt.batch, opt.seq_len, opt.lr, opt.weight_decay, opt.warmup, opt.temperature, opt.clip, opt.eval_every,
+                  static_cast<unsigned long long>(opt.seed), world, opt.bucket ? 1 : 0, opt.hidden_weight);
+    options_text = buf;
+  }
   auto checkpoint = [&](int step) -> Status {
     if (opt.checkpoint_path.empty() || rank != 0) return Status::Ok();
     Checkpoint ck;
@@ -348,6 +365,7 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
     std::snprintf(buf, sizeof buf, "%.17g", trained_seconds + since(t0));
     ck.meta["train.seconds"] = buf;
     ck.meta["train.best_step"] = std::to_string(rep.best_step);
+    ck.meta["train.options"] = options_text;
     auto put = [&](const std::string& name, const at::Tensor& t) {
       at::Tensor c = t.detach().contiguous();
       ck.tensors.push_back({name, std::vector<int64_t>(c.sizes().begin(), c.sizes().end()),
@@ -358,12 +376,18 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
       put(ps[i].name + "#best", best[i]);
       put(ps[i].name + "#adam.m", ps[i].m);
       put(ps[i].name + "#adam.v", ps[i].v);
+      if (!init.empty()) put(ps[i].name + "#init", init[i]);
     }
     return save_checkpoint(opt.checkpoint_path, ck).with_context(opt.label + " checkpoint");
   };
   if (opt.resume) {
     if (opt.checkpoint_path.empty()) return InvalidArgument(opt.label + ": resume needs a checkpoint path");
     KERF_ASSIGN_OR_RETURN(Checkpoint ck, load_checkpoint(opt.checkpoint_path));
+    auto it = ck.meta.find("train.options");
+    if (it == ck.meta.end() || it->second != options_text)
+      return InvalidArgument(opt.checkpoint_path + ": the checkpoint was trained with other options (" +
+                             (it == ck.meta.end() ? std::string("none recorded") : it->second) + "; now " + options_text +
+                             "): resuming would not continue that run");
     auto get = [&](const std::string& name, at::Tensor& into) -> Status {
       const CheckpointTensor* t = ck.find(name);
       if (!t) return InvalidArgument(opt.checkpoint_path + ": checkpoint has no tensor '" + name + "' (another model or pruning?)");
@@ -378,6 +402,7 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
       KERF_RETURN_IF_ERROR(get(ps[i].name + "#best", best[i]));
       KERF_RETURN_IF_ERROR(get(ps[i].name + "#adam.m", ps[i].m));
       KERF_RETURN_IF_ERROR(get(ps[i].name + "#adam.v", ps[i].v));
+      if (!init.empty()) KERF_RETURN_IF_ERROR(get(ps[i].name + "#init", init[i]));
     }
     try {
       std::istringstream rs(ck.meta.at("train.rng"));
@@ -430,7 +455,12 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
     KERF_ASSIGN_OR_RETURN(TeacherOut te, teacher_for(b));
     KERF_ASSIGN_OR_RETURN(auto eff, effective(ps, true));
     KERF_ASSIGN_OR_RETURN(std::vector<at::Tensor> st, student_forward(b, eff));
-    at::Tensor loss = loss_of(st, te, b, opt.temperature, global_positions);
+    std::vector<double> norms;
+    if (opt.hidden_weight > 0) {
+      norms = hidden_norms(te.taps, b.mask);
+      if (world > 1) KERF_RETURN_IF_ERROR(opt.dp->allreduce_sum(norms));
+    }
+    at::Tensor loss = loss_of(st, te, b, opt.temperature, global_positions, norms);
     std::vector<at::Tensor> leaves;
     for (const Param& p : ps) leaves.push_back(p.w);
     std::vector<at::Tensor> grads;

@@ -57,10 +57,12 @@ struct QadOptions {
   int checkpoint_every = 0;
   bool resume = false;
   std::map<std::string, std::string> checkpoint_meta;
+  bool checkpoint_initial = false;  ///< also store every tensor's starting value as "<name>#init"
   /// Data parallelism (distill/dist.h): with a group of W ranks every step draws one global batch of
   /// W * batch sequences, rank r trains on rows [r*batch, (r+1)*batch), and the ranks sum their
-  /// gradients, KL sums and token counts, so the step equals a single process with batch W * batch
-  /// (the hidden-state term is normalized per rank). Null = single process.
+  /// gradients, KL sums, token counts and the hidden-state normalizers, so the step equals a single
+  /// process with batch W * batch. Every rank reads the checkpoint on resume (a path all ranks see).
+  /// Null = single process.
   DataParallel* dp = nullptr;
   /// Test hook: called with every tensor's (summed) gradient before each optimizer step.
   std::function<void(int step, const std::string& name, const std::vector<float>& grad)> on_gradient;

@@ -192,7 +192,8 @@ bool onnx_cast_target(int64_t to, at::ScalarType* out) {
 // ------------------------------------------------------------------------------ executor state
 
 struct KV {
-  at::Tensor k, v;  // [B, G, P, Dh]
+  at::Tensor k, v;        // [B, G, P, Dh]: views of the first P positions of kbuf / vbuf when those are defined
+  at::Tensor kbuf, vbuf;  // [B, G, capacity, Dh] growth buffers for incremental decoding (amortized O(1) append)
 };
 struct Step;
 struct RunCtx {
@@ -613,8 +614,25 @@ void op_attention(RunCtx& c, const Step& s, const Tensors& in, Tensors& out) {
                " (call reset_cache() first)",
            ErrorCode::kInvalidArgument);
     P = kv.k.size(2);
-    kh = at::cat({kv.k, kh}, 2);
-    vh = at::cat({kv.v, vh}, 2);
+    if (at::GradMode::is_enabled() && (kh.requires_grad() || vh.requires_grad())) {
+      kh = at::cat({kv.k, kh}, 2);
+      vh = at::cat({kv.v, vh}, 2);
+    } else {
+      // Append into a growth buffer: positions >= P of the buffer are not part of any committed
+      // cache (committed views end at their own length), so writing there leaves them unchanged.
+      if (!kv.kbuf.defined() || kv.kbuf.size(2) < P + T || kv.kbuf.data_ptr() != kv.k.data_ptr()) {
+        const int64_t cap = std::max<int64_t>(2 * (P + T), 64);
+        at::Tensor kb = at::empty({B, G, cap, dh}, kh.options()), vb = at::empty({B, G, cap, dh}, vh.options());
+        kb.narrow(2, 0, P).copy_(kv.k);
+        vb.narrow(2, 0, P).copy_(kv.v);
+        kv.kbuf = kb;
+        kv.vbuf = vb;
+      }
+      kv.kbuf.narrow(2, P, T).copy_(kh);
+      kv.vbuf.narrow(2, P, T).copy_(vh);
+      kh = kv.kbuf.narrow(2, 0, P + T);
+      vh = kv.vbuf.narrow(2, 0, P + T);
+    }
   } else {
     kh = kh.contiguous();
     vh = vh.contiguous();
@@ -622,16 +640,17 @@ void op_attention(RunCtx& c, const Step& s, const Tensors& in, Tensors& out) {
   kv.k = kh;
   kv.v = vh;
   const int64_t L = P + T;
-  if (H != G) {  // GQA: query head h reads KV head h / (H/G)
-    kh = kh.unsqueeze(2).expand({B, G, H / G, L, dh}).reshape({B, H, L, dh});
-    vh = vh.unsqueeze(2).expand({B, G, H / G, L, dh}).reshape({B, H, L, dh});
-  }
-  at::Tensor scores = at::matmul(qh, kh.transpose(-1, -2)).mul_(scale);  // [B, H, T, L]
+  // GQA without copying K/V: query head h = g * (H/G) + j reads KV head g, so the queries of a group
+  // are stacked as [B, G, (H/G) * T, Dh] against that group's [B, G, L, Dh].
+  const int64_t per = H / G;
+  at::Tensor qg = qh.reshape({B, G, per * T, dh});
+  at::Tensor scores = at::matmul(qg, kh.transpose(-1, -2)).mul_(scale).view({B, H, T, L});  // [B, H, T, L]
   if (causal) {
     at::Tensor mask = at::ones({T, L}, at::kBool).triu(P + 1);  // key j > P + i is masked
     scores.masked_fill_(mask, -std::numeric_limits<float>::infinity());
   }
-  out[0] = at::matmul(at::softmax(scores, -1), vh).transpose(1, 2).reshape({B, T, H * dh});
+  at::Tensor probs = at::softmax(scores, -1).view({B, G, per * T, L});
+  out[0] = at::matmul(probs, vh).view({B, H, T, dh}).transpose(1, 2).reshape({B, T, H * dh});
 }
 
 void op_gated_ffn(RunCtx& c, const Step& s, const Tensors& in, Tensors& out) {

@@ -38,6 +38,7 @@ struct ImportanceOptions {
   Metric metric = Metric::kActivation;
   bool depth = false;            ///< also score whole blocks (one forward per block over the calibration set)
   int64_t max_tokens = 16384;    ///< calibration tokens used (0 = all)
+  bool gram = true;              ///< also measure the second moments compensate() needs (one activation pass)
   int threads = 0;               ///< LibTorch threads (0 = all cores)
   std::function<void(const std::string&)> progress;
 };

@@ -7,6 +7,8 @@
 #include <set>
 #include <sstream>
 
+#include <Eigen/Dense>
+
 #include "compiler/ir/pass.h"
 #include "passes/passes.h"
 
@@ -410,6 +412,65 @@ Status apply_plan(ir::Graph& g, const Model& m, const Plan& plan) {
   }
   KERF_RETURN_IF_ERROR(passes::make_infer_shapes()->run(g, ctx).status());
   return g.validate();
+}
+
+namespace {
+/// W' = W G[:, K] (G[K, K] + damp)^-1 for W [R, n] (row-major), K ascending.
+std::vector<float> reconstruct(const std::vector<float>& w, int64_t R, int64_t n, const std::vector<double>& gram,
+                               const std::vector<int64_t>& keep) {
+  using Mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int64_t k = static_cast<int64_t>(keep.size());
+  Eigen::Map<const Mat> G(gram.data(), n, n);
+  Mat W(R, n);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < n; ++c) W(r, c) = w[static_cast<size_t>(r * n + c)];
+  Mat GnK(n, k), GKK(k, k);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < k; ++j) GnK(i, j) = G(i, keep[static_cast<size_t>(j)]);
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) GKK(i, j) = G(keep[static_cast<size_t>(i)], keep[static_cast<size_t>(j)]);
+  const double damp = 1e-4 * GKK.diagonal().mean() + 1e-12;
+  GKK.diagonal().array() += damp;
+  // W' GKK = W GnK  ->  GKK W'^T = (W GnK)^T (GKK symmetric)
+  Mat rhs = (W * GnK).transpose();
+  Mat sol = GKK.ldlt().solve(rhs);  // [k, R]
+  std::vector<float> out(static_cast<size_t>(R * k));
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < k; ++j) out[static_cast<size_t>(r * k + j)] = static_cast<float>(sol(j, r));
+  return out;
+}
+}  // namespace
+
+Status compensate(ir::Graph& pruned, const ir::Graph& original, const Model& m, const Plan& plan, const Scores& s) {
+  for (size_t l = 0; l < m.blocks.size(); ++l) {
+    const Block& b = m.blocks[l];
+    const bool heads = !plan.heads.empty() && static_cast<int64_t>(plan.heads[l].size()) < b.n_heads;
+    const bool ffn = !plan.ffn.empty() && static_cast<int64_t>(plan.ffn[l].size()) < b.ffn_dim;
+    if (std::find(plan.dropped_blocks.begin(), plan.dropped_blocks.end(), static_cast<int>(l)) != plan.dropped_blocks.end()) continue;
+    const int64_t D = plan.embed.empty() ? m.dim : static_cast<int64_t>(plan.embed.size());
+    auto rows_of = [&](const std::string& w) {
+      std::vector<float> full = original.initializers.at(w).to_f32();
+      if (plan.embed.empty()) return full;
+      const int64_t n = original.initializers.at(w).shape[1];
+      std::vector<float> out;
+      for (int64_t d : plan.embed) out.insert(out.end(), full.begin() + d * n, full.begin() + (d + 1) * n);
+      return out;
+    };
+    if (heads) {
+      const int64_t n = b.n_heads * b.head_dim;
+      if (s.attn_gram.size() != m.blocks.size() || static_cast<int64_t>(s.attn_gram[l].size()) != n * n)
+        return InvalidArgument("pruning compensation: no attention-output second moments for block " + std::to_string(l));
+      const auto keep = head_rows(plan.heads[l], b.head_dim);
+      pruned.initializers[b.wo] = ir::Tensor::from_f32({D, static_cast<int64_t>(keep.size())}, reconstruct(rows_of(b.wo), D, n, s.attn_gram[l], keep));
+    }
+    if (ffn) {
+      const int64_t n = b.ffn_dim;
+      if (s.ffn_gram.size() != m.blocks.size() || static_cast<int64_t>(s.ffn_gram[l].size()) != n * n)
+        return InvalidArgument("pruning compensation: no FFN-activation second moments for block " + std::to_string(l));
+      pruned.initializers[b.w2] = ir::Tensor::from_f32({D, static_cast<int64_t>(plan.ffn[l].size())}, reconstruct(rows_of(b.w2), D, n, s.ffn_gram[l], plan.ffn[l]));
+    }
+  }
+  return pruned.validate();
 }
 
 std::string to_text(const Plan& p) {

@@ -72,6 +72,10 @@ struct Scores {
   std::vector<std::vector<double>> ffn;        ///< [block][F]
   std::vector<double> embed;                   ///< [D]
   std::vector<double> blocks;                  ///< [L] depth importance (calibration-loss increase when removed)
+  /// Second moments of the inputs of wo and w2 on the calibration tokens, for compensate():
+  /// attn_gram[block] = sum_t a_t a_t^T, a_t the attention output [H*Dh] (row-major (H*Dh)^2);
+  /// ffn_gram[block] = sum_t h_t h_t^T, h_t the gated FFN activation [F]. Empty when not measured.
+  std::vector<std::vector<double>> attn_gram, ffn_gram;
 };
 
 /// What to keep, as fractions of the original counts (1 = keep all). Counts are rounded to the
@@ -107,6 +111,17 @@ Result<Plan> make_plan(const Model& m, const Scores& s, const PruneOptions& opt)
 /// empty, a head plan that breaks GQA), kBadInput if a sliced initializer is shared with a node the
 /// rewrite does not know.
 Status apply_plan(ir::Graph& g, const Model& m, const Plan& plan);
+
+/// Least-squares reconstruction of the pruned blocks' outputs (the structured form of OBS updates,
+/// as in ZipLM, Kurtic et al. 2023, and FLAP's compensation): with G = sum_t x_t x_t^T the second
+/// moment of a projection's input over the calibration tokens and K the kept input indices, the
+/// kept columns become W' = W G[:, K] G[K, K]^-1 (W the unpruned weights [D, n]), which minimises
+/// sum_t ||W x_t - W' x_t[K]||^2: what the removed heads / channels contributed is folded into the
+/// kept ones as far as they correlate. Applied to wo (attention output) and w2 (FFN) of every block
+/// whose heads / channels were pruned; they become float32. `original` is the graph before
+/// apply_plan; G[K, K] is damped by 1e-4 x its mean diagonal. Errors: kInvalidArgument when the
+/// scores carry no Gram matrices of the right size.
+Status compensate(ir::Graph& pruned, const ir::Graph& original, const Model& m, const Plan& plan, const Scores& s);
 
 /// Text form: one line per block "block 0 heads 0,1,2,3,4,5 kv 0,1,2 ffn 3,5,..." plus
 /// "embed ..." and "drop ..." lines. plan_from_text(to_text(p)) == p.

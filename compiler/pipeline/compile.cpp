@@ -14,6 +14,7 @@
 #include "kerf/xxh64.h"
 #include "quant/calib/calibrate.h"
 #include "quant/calib/mixed.h"
+#include "distill/checkpoint.h"
 #include "distill/dist.h"
 #include "distill/reference.h"
 #include "formats/onnx/onnx_import.h"
@@ -56,6 +57,7 @@ Result<Recipe> effective_recipe(const CompileOptions& opt) {
     KERF_ASSIGN_OR_RETURN(r, parse_recipe_file(opt.recipe_path));
   } else {
     r.name = "command line";
+    r.calib_tokens = 65536;  // GPTQ's Hessians are converged long before; --calib-tokens 0 lifts the cap
     r.default_choice.spec = quant::QSpec{quant::QKind::kAsym, 4, 32, fmt::ScaleFormat::kF16};
     r.default_choice.method = quant::Method::kGptq;
     r.default_choice.rule = quant::ParamRule::kSearch;
@@ -95,6 +97,18 @@ Result<Recipe> effective_recipe(const CompileOptions& opt) {
       emb.choice.spec = *q;
       r.overrides.insert(r.overrides.begin(), emb);
     }
+  }
+  if (opt.qad_steps > 0) {
+    if (!r.qad) {  // defaults for the final phase after pruning + distillation
+      r.qad_options.batch = 4;
+      r.qad_options.lr = 5e-4;
+      r.qad_options.warmup = 0;
+    }
+    r.qad = true;
+    r.qad_options.steps = opt.qad_steps;
+    r.qad_options.eval_every = std::max(25, opt.qad_steps / 4);
+  } else if (opt.qad_steps == 0) {
+    r.qad = false;
   }
   if (opt.bpw > 0) {
     r.mixed = true;
@@ -339,6 +353,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
   if (plan.identity()) return InvalidArgument("pruning: the keep fractions round to the full model (nothing to remove)");
   KERF_ASSIGN_OR_RETURN(prune::Cost before, prune::count_cost(lifted, ctx));
   KERF_RETURN_IF_ERROR(prune::apply_plan(lifted, m, plan));
+  if (!sc.attn_gram.empty()) KERF_RETURN_IF_ERROR(prune::compensate(lifted, *teacher, m, plan, sc));
   KERF_ASSIGN_OR_RETURN(prune::Cost after, prune::count_cost(lifted, ctx));
   {
     const prune::Block& b = m.blocks[0];
@@ -388,6 +403,25 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
   }
   if (opt.distill_steps >= 0) qo.steps = opt.distill_steps;
   const int steps = qo.steps;
+  // The checkpoint sits beside the artifact by default: it holds the pruned (compensated) and the
+  // distilled weights, which `kerf eval` scores for the stage table; --resume continues from it.
+  std::string ck = opt.checkpoint_path.empty() ? opt.output_path + ".ckpt" : opt.checkpoint_path;
+  {
+    std::error_code ec;
+    const auto abs = std::filesystem::absolute(ck, ec);
+    if (!ec) ck = abs.string();
+  }
+  if (steps <= 0) {
+    distill::Checkpoint c;
+    c.meta["prune.plan"] = prune::to_text(plan);
+    c.meta["source"] = opt.model_path;
+    KERF_ASSIGN_OR_RETURN(std::vector<quant::WeightUse> uses, quant::enumerate_weights(lifted));
+    for (const auto& u : uses) {
+      const ir::Tensor& t = lifted.initializers.at(u.tensor);
+      c.tensors.push_back({u.tensor + "#init", t.shape, t.to_f32()});
+    }
+    KERF_RETURN_IF_ERROR(distill::save_checkpoint(ck, c));
+  }
   if (steps > 0) {
     if (opt.calib_path.empty()) return InvalidArgument("distillation needs training text: pass --calib FILE (stories 0:400 are used)");
     const auto td = std::chrono::steady_clock::now();
@@ -420,15 +454,8 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     }
     qo.threads = opt.threads;
     qo.progress = progress;
-    // Checkpoints: the default sits beside the artifact; `kerf eval` reads the distilled weights
-    // from it for the stage table, and --resume continues from it.
-    std::string ck = opt.checkpoint_path.empty() ? opt.output_path + ".ckpt" : opt.checkpoint_path;
-    {
-      std::error_code ec;
-      const auto abs = std::filesystem::absolute(ck, ec);
-      if (!ec) ck = abs.string();
-    }
     qo.checkpoint_path = ck;
+    qo.checkpoint_initial = true;
     qo.checkpoint_every = std::max(50, steps / 10);
     qo.resume = opt.resume;
     qo.checkpoint_meta["prune.plan"] = prune::to_text(plan);
@@ -448,13 +475,13 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     s->distill_log.push_back(buf);
     (*meta)["compile.distill"] = buf;
     s->distill_seconds = since(td);
-    if (s->distributed_rank == 0) {
-      std::ifstream f(ck, std::ios::binary);
-      std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-      if (bytes.empty()) return IoError(ck + ": distillation checkpoint was not written");
-      (*meta)["distill.checkpoint"] = ck;
-      (*meta)["distill.checkpoint_xxh64"] = hex64(xxh64(bytes.data(), bytes.size(), 0));
-    }
+  }
+  if (s->distributed_rank == 0) {
+    std::ifstream f(ck, std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (bytes.empty()) return IoError(ck + ": pruning / distillation checkpoint was not written");
+    (*meta)["distill.checkpoint"] = ck;
+    (*meta)["distill.checkpoint_xxh64"] = hex64(xxh64(bytes.data(), bytes.size(), 0));
   }
   return Status::Ok();
 }
@@ -543,6 +570,15 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
     }
   }
   const bool pruning = pruning_requested(popt);
+  // The final phase of distillation trains under the quantizers the artifact will use (QAD): by
+  // default the last 20 % of --distill-steps when the recipe has no qad: section of its own.
+  if (pruning && popt.qad_steps < 0 && !(have_recipe && recipe.qad)) {
+    const int total = popt.distill_steps >= 0 ? popt.distill_steps : (have_recipe && recipe.distill ? recipe.distill_options.steps : 0);
+    if (total >= 10) {
+      popt.qad_steps = total / 5;
+      popt.distill_steps = total - popt.qad_steps;
+    }
+  }
   ir::Graph teacher;
   if (pruning) {
     KERF_RETURN_IF_ERROR(prune_and_distill(popt, have_recipe ? &recipe : nullptr, lifted, &teacher, tokenizer, vocab, &s, &extra_meta));
@@ -553,7 +589,7 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   const bool calibrated = !opt.recipe_path.empty() || opt.bpw > 0 || !opt.linear_spec.empty() ||
                           !opt.embedding_spec.empty() || !opt.method.empty() || pruning;
   if (calibrated) {
-    KERF_RETURN_IF_ERROR(compile_calibrated(opt, lifted, pruning ? &teacher : nullptr, tokenizer, vocab, &s, &extra_meta));
+    KERF_RETURN_IF_ERROR(compile_calibrated(popt, lifted, pruning ? &teacher : nullptr, tokenizer, vocab, &s, &extra_meta));
   } else {
     if (!opt.calib_path.empty())
       return InvalidArgument("--calib given but the RTN baseline needs no calibration: add --method, --recipe or --bpw");

@@ -46,6 +46,8 @@ struct CompileOptions {
   int distill_steps = -1;            ///< KD steps after pruning (-1: the recipe's, else 0)
   std::string checkpoint_path;       ///< distillation checkpoint (default OUTPUT.ckpt when distilling)
   bool resume = false;               ///< continue from checkpoint_path
+  int qad_steps = -1;                ///< final quantization-aware distillation steps (-1: the recipe's; with pruning
+                                     ///< and no recipe qad: section, 20 % of --distill-steps)
   int teacher_samples = -1;          ///< sequences sampled from the teacher added to the training text (-1: the recipe's, else 0)
 };
 

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -152,33 +153,60 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
     KERF_RETURN_IF_ERROR(prune::apply_plan(g, pm, plan).with_context(opt.artifact_path + ": recorded pruning plan"));
     distill::ReferenceOptions ro;
     ro.threads = opt.threads;
-    KERF_ASSIGN_OR_RETURN(auto pex, distill::ReferenceExecutor::create(g, ro));
-    fp_stages.push_back({1, std::make_unique<distill::ReferenceExecutor>(std::move(pex))});
-    pruned.measured = true;
+    // The checkpoint the compile wrote: "#init" = the pruned (compensated) student, "#best" = the
+    // distilled one. Its hash is recorded in the artifact; a changed file is reported, not used.
     const std::string ck_path = meta_str("distill.checkpoint"), ck_hash = meta_str("distill.checkpoint_xxh64");
+    std::optional<distill::Checkpoint> ck;
+    std::string ck_note;
     if (ck_path.empty()) {
-      distilled.note = "no distillation";
+      ck_note = "no checkpoint recorded";
     } else {
       std::ifstream f(ck_path, std::ios::binary);
       std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
       char hb[17];
       std::snprintf(hb, sizeof hb, "%016llx", static_cast<unsigned long long>(xxh64(bytes.data(), bytes.size(), 0)));
       if (!f.good() && bytes.empty()) {
-        distilled.note = "checkpoint " + ck_path + " not found";
+        ck_note = "checkpoint " + ck_path + " not found";
       } else if (hb != ck_hash) {
-        distilled.note = "checkpoint " + ck_path + " changed since compile (hash " + hb + ", recorded " + ck_hash + ")";
+        ck_note = "checkpoint " + ck_path + " changed since compile (hash " + std::string(hb) + ", recorded " + ck_hash + ")";
       } else {
-        KERF_ASSIGN_OR_RETURN(distill::Checkpoint ck, distill::load_checkpoint(ck_path));
-        KERF_ASSIGN_OR_RETURN(auto dex, distill::ReferenceExecutor::create(g, ro));
-        for (const auto& t : ck.tensors) {
-          const auto hash = t.name.find('#');
-          if (hash == std::string::npos || t.name.substr(hash) != "#best") continue;
-          KERF_RETURN_IF_ERROR(dex.set_weight(t.name.substr(0, hash), t.data).with_context(ck_path));
-        }
-        fp_stages.push_back({2, std::make_unique<distill::ReferenceExecutor>(std::move(dex))});
-        distilled.measured = true;
+        KERF_ASSIGN_OR_RETURN(distill::Checkpoint c, distill::load_checkpoint(ck_path));
+        ck = std::move(c);
       }
     }
+    auto stage_executor = [&](const std::string& suffix) -> Result<std::unique_ptr<distill::ReferenceExecutor>> {
+      KERF_ASSIGN_OR_RETURN(auto ex, distill::ReferenceExecutor::create(g, ro));
+      size_t n = 0;
+      for (const auto& t : ck->tensors) {
+        const auto hash = t.name.find('#');
+        if (hash == std::string::npos || t.name.substr(hash) != suffix) continue;
+        KERF_RETURN_IF_ERROR(ex.set_weight(t.name.substr(0, hash), t.data).with_context(ck_path));
+        ++n;
+      }
+      if (n == 0) return std::unique_ptr<distill::ReferenceExecutor>();
+      return std::make_unique<distill::ReferenceExecutor>(std::move(ex));
+    };
+    if (ck) {
+      KERF_ASSIGN_OR_RETURN(auto pex, stage_executor("#init"));
+      if (pex) {
+        fp_stages.push_back({1, std::move(pex)});
+        pruned.measured = true;
+      }
+      KERF_ASSIGN_OR_RETURN(auto dex, stage_executor("#best"));
+      if (dex) {
+        fp_stages.push_back({2, std::move(dex)});
+        distilled.measured = true;
+      } else {
+        distilled.note = "no distillation";
+      }
+    }
+    if (!pruned.measured) {  // the plan alone (without the compile's output compensation)
+      KERF_ASSIGN_OR_RETURN(auto pex, distill::ReferenceExecutor::create(g, ro));
+      fp_stages.push_back({1, std::make_unique<distill::ReferenceExecutor>(std::move(pex))});
+      pruned.measured = true;
+      pruned.note = "recorded plan applied to the reference, without compensation";
+    }
+    if (!ck) distilled.note = ck_note;
     rep.stages = {orig, pruned, distilled, quantized};
   }
 

@@ -10,6 +10,8 @@
 #include <map>
 #include <numeric>
 
+#include <Eigen/Dense>
+
 #include "distill/reference.h"
 #include "distill/reference_torch.h"
 #include "quant/recipe.h"
@@ -172,19 +174,37 @@ Result<Scores> activation(distill::ReferenceExecutor& ex, const ir::Graph& g, co
   const size_t L = m.blocks.size();
   std::vector<std::vector<double>> heads(L), ffn(L);
   std::vector<double> embed(static_cast<size_t>(m.dim), 0.0);
+  std::vector<std::vector<double>> agram(L), fgram(L);
   for (size_t l = 0; l < L; ++l) {
     heads[l].assign(static_cast<size_t>(m.blocks[l].n_heads), 0.0);
     ffn[l].assign(static_cast<size_t>(m.blocks[l].ffn_dim), 0.0);
+    const size_t hd = static_cast<size_t>(m.blocks[l].n_heads * m.blocks[l].head_dim), f = static_cast<size_t>(m.blocks[l].ffn_dim);
+    agram[l].assign(hd * hd, 0.0);
+    fgram[l].assign(f * f, 0.0);
   }
   int64_t count = 0;
   const Batch* cur = nullptr;
   auto real = [&](int64_t row) { return row % cur->T < cur->len[static_cast<size_t>(row / cur->T)]; };
+  // G += X^T X over the real rows (Eigen, double accumulation).
+  auto add_gram = [&](std::vector<double>& g, const float* data, int64_t rows, int64_t cols) {
+    using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    std::vector<int64_t> keep;
+    for (int64_t r = 0; r < rows; ++r)
+      if (real(r)) keep.push_back(r);
+    Mat x(static_cast<Eigen::Index>(keep.size()), cols);
+    for (size_t i = 0; i < keep.size(); ++i)
+      std::copy_n(data + keep[i] * cols, cols, x.row(static_cast<Eigen::Index>(i)).data());
+    Eigen::MatrixXd xtx = (x.transpose() * x).cast<double>();
+    Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> G(g.data(), cols, cols);
+    G += xtx;
+  };
   ex.set_observer(
       [&](const distill::ReferenceExecutor::Observation& o) {
         const Tap& t = taps.at(*o.node_name);
         const std::string what = o.what;
         if (t.kind == kHeads && what == "x") {
           const Block& b = m.blocks[t.block];
+          add_gram(agram[t.block], o.data, o.rows, o.cols);
           for (int64_t r = 0; r < o.rows; ++r) {
             if (!real(r)) continue;
             const float* x = o.data + r * o.cols;
@@ -195,6 +215,7 @@ Result<Scores> activation(distill::ReferenceExecutor& ex, const ir::Graph& g, co
             }
           }
         } else if (t.kind == kFfn && what == "ffn_hidden") {
+          add_gram(fgram[t.block], o.data, o.rows, o.cols);
           for (int64_t r = 0; r < o.rows; ++r) {
             if (!real(r)) continue;
             const float* x = o.data + r * o.cols;
@@ -236,6 +257,8 @@ Result<Scores> activation(distill::ReferenceExecutor& ex, const ir::Graph& g, co
   s.heads = std::move(heads);
   s.ffn = std::move(ffn);
   s.embed = std::move(embed);
+  s.attn_gram = std::move(agram);
+  s.ffn_gram = std::move(fgram);
   return s;
 }
 
@@ -306,6 +329,12 @@ Result<Scores> compute_importance(const ir::Graph& lifted, const Model& m, const
       KERF_ASSIGN_OR_RETURN(s, magnitude(ex, m));
       break;
     }
+  }
+  if (opt.gram && s.attn_gram.empty() && !batches.empty()) {  // second moments for compensate()
+    c10::InferenceMode im;
+    KERF_ASSIGN_OR_RETURN(Scores a, activation(ex, lifted, m, batches));
+    s.attn_gram = std::move(a.attn_gram);
+    s.ffn_gram = std::move(a.ffn_gram);
   }
   if (opt.depth) {
     if (batches.empty()) return InvalidArgument("pruning importance: depth scores need calibration tokens");
