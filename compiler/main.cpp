@@ -57,6 +57,21 @@ kerf::Status write_text(const std::string& path, const std::string& text) {
 
 }  // namespace
 
+/// The pruning / distillation options shared by `kerf compile` and `kerf distill`.
+void add_pruning_options(CLI::App* c, kerf::pipeline::CompileOptions& o) {
+  c->add_option("--keep-heads", o.keep_heads, "structured pruning: fraction of query heads kept per block")->check(CLI::Range(0.0, 1.0));
+  c->add_option("--keep-ffn", o.keep_ffn, "structured pruning: fraction of FFN channels kept per block")->check(CLI::Range(0.0, 1.0));
+  c->add_option("--keep-embed", o.keep_embed, "structured pruning: fraction of embedding (model-dim) channels kept")->check(CLI::Range(0.0, 1.0));
+  c->add_option("--drop-blocks", o.drop_blocks, "structured pruning: whole transformer blocks removed (depth)")->check(CLI::NonNegativeNumber);
+  c->add_option("--head-mode", o.head_mode, "GQA-aware head pruning: kv-groups (whole KV groups with their query heads) or query-heads (evenly within groups)");
+  c->add_option("--importance", o.importance, "pruning importance: activation (Minitron), taylor (first order), magnitude");
+  c->add_option("--prune-budget", o.prune_budget, "solve the keep fractions for a budget: flops:F or params:F (F of the original)");
+  c->add_option("--distill-steps", o.distill_steps, "knowledge-distillation steps after pruning (teacher = the unpruned model)");
+  c->add_option("--teacher-samples", o.teacher_samples, "distillation: sequences sampled from the teacher added to the training text");
+  c->add_option("--checkpoint", o.checkpoint_path, "distillation checkpoint (default OUTPUT.ckpt when distilling)");
+  c->add_flag("--resume", o.resume, "continue distillation from --checkpoint");
+}
+
 int main(int argc, char** argv) {
   // Distillation and calibration allocate and free the same large LibTorch buffers every step; by
   // default glibc returns them to the kernel (mmap'd blocks, heap trimming) and the next step
@@ -97,20 +112,26 @@ int main(int argc, char** argv) {
   compile->add_option("--calib-tokens", copt.calib_tokens, "cap on calibration tokens (0 = no cap; default: the recipe's, 65536 without a recipe)");
   compile->add_option("--bpw", copt.bpw, "mixed precision: effective bits-per-weight budget over all weight matrices");
   compile->add_flag("--strict", copt.strict, "fail when the recipe cannot be met exactly (instead of noting it)");
-  compile->add_option("--keep-heads", copt.keep_heads, "structured pruning: fraction of query heads kept per block")->check(CLI::Range(0.0, 1.0));
-  compile->add_option("--keep-ffn", copt.keep_ffn, "structured pruning: fraction of FFN channels kept per block")->check(CLI::Range(0.0, 1.0));
-  compile->add_option("--keep-embed", copt.keep_embed, "structured pruning: fraction of embedding (model-dim) channels kept")->check(CLI::Range(0.0, 1.0));
-  compile->add_option("--drop-blocks", copt.drop_blocks, "structured pruning: whole transformer blocks removed (depth)")->check(CLI::NonNegativeNumber);
-  compile->add_option("--head-mode", copt.head_mode, "GQA-aware head pruning: kv-groups (whole KV groups with their query heads) or query-heads (evenly within groups)");
-  compile->add_option("--importance", copt.importance, "pruning importance: activation (Minitron), taylor (first order), magnitude");
-  compile->add_option("--prune-budget", copt.prune_budget, "solve the keep fractions for a budget: flops:F or params:F (F of the original)");
-  compile->add_option("--distill-steps", copt.distill_steps, "knowledge-distillation steps after pruning (teacher = the unpruned model)");
-  compile->add_option("--checkpoint", copt.checkpoint_path, "distillation checkpoint (default OUTPUT.ckpt when distilling)");
-  compile->add_flag("--resume", copt.resume, "continue distillation from --checkpoint");
+  add_pruning_options(compile, copt);
+  compile->add_option("--student", copt.student_path, "compile the pruned + distilled student of a `kerf distill` checkpoint");
   compile->add_option("--qad-steps", copt.qad_steps, "final quantization-aware distillation steps (default with pruning: 20 % of --distill-steps; 0 = none, quantize post-training)");
-  compile->add_option("--teacher-samples", copt.teacher_samples, "distillation: sequences sampled from the teacher added to the training text");
   bool compile_quiet = false;
   compile->add_flag("-q,--quiet", compile_quiet, "no progress lines");
+
+  // distill: pruning + knowledge distillation only, to a checkpoint (`kerf compile --student` quantizes it)
+  kerf::pipeline::CompileOptions dopt;
+  auto* distill = app.add_subcommand("distill", "prune MODEL and distill it from the unpruned model into a checkpoint");
+  distill->add_option("model", dopt.model_path, "FP16/FP32 ONNX or TorchScript model (the teacher)")->required();
+  distill->add_option("-o,--output", dopt.output_path, "checkpoint to write (atomically; --resume continues it)")->required();
+  distill->add_option("--calib", dopt.calib_path, "training / calibration text (stories 0:400 train the student)")->required();
+  std::string dcalib_stories;
+  distill->add_option("--calib-stories", dcalib_stories, "stories for the importance scores (default 0:128)");
+  distill->add_option("--recipe", dopt.recipe_path, "recipe with prune: / distill: sections");
+  distill->add_option("--threads", dopt.threads, "LibTorch threads (0 = all cores)")->capture_default_str();
+  distill->add_option("--tokenizer", dopt.tokenizer_path, "llama2.c tokenizer file (default: beside the model)");
+  add_pruning_options(distill, dopt);
+  bool distill_quiet = false;
+  distill->add_flag("-q,--quiet", distill_quiet, "no progress lines");
 
   // eval
   kerf::pipeline::EvalOptions eopt;
@@ -176,6 +197,28 @@ int main(int argc, char** argv) {
       return 0;
     }
     std::cout << kerf::pipeline::compile_summary_text(copt, *r);
+    return 0;
+  }
+  if (*distill) {
+    dopt.distill_only = true;
+    dopt.progress = !distill_quiet;
+    if (!dcalib_stories.empty()) {
+      auto cr = kerf::pipeline::parse_story_range(dcalib_stories);
+      if (!cr.ok()) return fail(cr.status().with_context("--calib-stories"));
+      dopt.calib_stories = *cr;
+    }
+    if (!dopt.checkpoint_path.empty()) return fail(kerf::InvalidArgument("kerf distill writes its checkpoint to -o; --checkpoint is for kerf compile"));
+    auto r = kerf::pipeline::compile(dopt);
+    if (!r.ok()) return fail(r.status());
+    if (r->distributed_rank > 0) {
+      std::cout << "kerf distill: data-parallel rank " << r->distributed_rank << " finished\n";
+      return 0;
+    }
+    std::cout << "kerf distill " << dopt.model_path << " -> " << dopt.output_path << " (" << r->bytes << " bytes)\n";
+    std::cout << "  pruning: " << r->prune_text << "\n";
+    for (const auto& l : r->stage_lines) std::cout << "    " << l << "\n";
+    if (!r->distill_log.empty()) std::cout << "  " << r->distill_log.back() << "\n";
+    std::cout << "  next: kerf compile " << dopt.model_path << " --student " << dopt.output_path << " -o OUT.kerf --calib TEXT\n";
     return 0;
   }
   if (*eval) {

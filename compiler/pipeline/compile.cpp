@@ -386,6 +386,9 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
   };
   put_cost("original", before);
   put_cost("pruned", after);
+  std::map<std::string, std::string> stage_meta;  // carried by the checkpoint for `kerf compile --student`
+  for (const auto& [k, v] : *meta)
+    if (k.rfind("stage.", 0) == 0 || k.rfind("prune.", 0) == 0) stage_meta[k] = v;
   s->prune_seconds = since(t0);
 
   distill::QadOptions qo;
@@ -414,6 +417,8 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
   if (steps <= 0) {
     distill::Checkpoint c;
     c.meta["prune.plan"] = prune::to_text(plan);
+    c.meta["prune.summary"] = s->prune_text;
+    for (const auto& [k, v] : stage_meta) c.meta[k] = v;
     c.meta["source"] = opt.model_path;
     KERF_ASSIGN_OR_RETURN(std::vector<quant::WeightUse> uses, quant::enumerate_weights(lifted));
     for (const auto& u : uses) {
@@ -459,6 +464,8 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     qo.checkpoint_every = std::max(50, steps / 10);
     qo.resume = opt.resume;
     qo.checkpoint_meta["prune.plan"] = prune::to_text(plan);
+    qo.checkpoint_meta["prune.summary"] = s->prune_text;
+    for (const auto& [k, v] : stage_meta) qo.checkpoint_meta[k] = v;
     qo.checkpoint_meta["source"] = opt.model_path;
     KERF_ASSIGN_OR_RETURN(std::unique_ptr<distill::DataParallel> dp, distill::DataParallel::from_env());
     if (dp->world_size() > 1) {
@@ -483,6 +490,45 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     (*meta)["distill.checkpoint"] = ck;
     (*meta)["distill.checkpoint_xxh64"] = hex64(xxh64(bytes.data(), bytes.size(), 0));
   }
+  return Status::Ok();
+}
+
+/// `kerf compile --student CKPT`: the pruned student of a `kerf distill` checkpoint (its plan applied
+/// to the model, then its best — or initial — weights). `teacher` receives the unpruned model.
+Status load_student(const CompileOptions& opt, ir::Graph& lifted, ir::Graph* teacher, CompileSummary* s,
+                    std::map<std::string, std::string>* meta) {
+  KERF_ASSIGN_OR_RETURN(distill::Checkpoint ck, distill::load_checkpoint(opt.student_path));
+  auto it = ck.meta.find("prune.plan");
+  if (it == ck.meta.end()) return BadInput(opt.student_path + ": not a kerf distill checkpoint (no prune.plan)");
+  KERF_ASSIGN_OR_RETURN(prune::Plan plan, prune::plan_from_text(it->second));
+  *teacher = lifted;
+  KERF_ASSIGN_OR_RETURN(prune::Model m, prune::analyze(lifted));
+  Status st = prune::apply_plan(lifted, m, plan);
+  if (!st.ok()) return st.with_context(opt.student_path + ": its pruning plan does not fit " + opt.model_path);
+  bool best = false;
+  for (const auto& t : ck.tensors) best |= t.name.size() > 5 && t.name.compare(t.name.size() - 5, 5, "#best") == 0;
+  const std::string suffix = best ? "#best" : "#init";
+  size_t n = 0;
+  for (const auto& t : ck.tensors) {
+    const auto h = t.name.find('#');
+    if (h == std::string::npos || t.name.substr(h) != suffix) continue;
+    const std::string name = t.name.substr(0, h);
+    auto w = lifted.initializers.find(name);
+    if (w == lifted.initializers.end() || w->second.shape != t.shape)
+      return BadInput(opt.student_path + ": tensor '" + name + "' is not in the pruned model or has another shape");
+    w->second = ir::Tensor::from_f32(t.shape, t.data);
+    ++n;
+  }
+  if (n == 0) return BadInput(opt.student_path + ": the checkpoint holds no student weights");
+  for (const auto& [k, v] : ck.meta)
+    if (k.rfind("stage.", 0) == 0 || k.rfind("prune.", 0) == 0) (*meta)[k] = v;
+  s->prune_text = (*meta)["prune.summary"] + " (from " + opt.student_path + ")";
+  std::ifstream f(opt.student_path, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::error_code ec;
+  const auto abs = std::filesystem::absolute(opt.student_path, ec);
+  (*meta)["distill.checkpoint"] = ec ? opt.student_path : abs.string();
+  (*meta)["distill.checkpoint_xxh64"] = hex64(xxh64(bytes.data(), bytes.size(), 0));
   return Status::Ok();
 }
 
@@ -569,7 +615,15 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
       if (opt.prune_budget.empty()) popt.prune_budget = recipe.prune_budget;
     }
   }
-  const bool pruning = pruning_requested(popt);
+  const bool from_student = !opt.student_path.empty();
+  if (from_student && (pruning_requested(popt) || opt.distill_only))
+    return InvalidArgument("--student takes the pruning from the checkpoint: drop --keep-* / --prune-budget / --drop-blocks");
+  const bool pruning = pruning_requested(popt) || from_student;
+  if (opt.distill_only) {
+    if (!pruning) return InvalidArgument("kerf distill needs a pruning target: --keep-heads / --keep-ffn / --keep-embed / --drop-blocks / --prune-budget");
+    popt.checkpoint_path = opt.output_path;
+    popt.qad_steps = 0;
+  }
   // The final phase of distillation trains under the quantizers the artifact will use (QAD): by
   // default the last 20 % of --distill-steps when the recipe has no qad: section of its own.
   if (pruning && popt.qad_steps < 0 && !(have_recipe && recipe.qad)) {
@@ -580,9 +634,18 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
     }
   }
   ir::Graph teacher;
-  if (pruning) {
+  if (from_student) {
+    KERF_RETURN_IF_ERROR(load_student(popt, lifted, &teacher, &s, &extra_meta));
+  } else if (pruning) {
     KERF_RETURN_IF_ERROR(prune_and_distill(popt, have_recipe ? &recipe : nullptr, lifted, &teacher, tokenizer, vocab, &s, &extra_meta));
     if (s.distributed_rank > 0) return s;  // data-parallel worker: rank 0 quantizes and writes
+    if (opt.distill_only) {
+      std::error_code ec;
+      s.bytes = std::filesystem::file_size(opt.output_path, ec);
+      s.recipe = "distillation only";
+      s.total_seconds = since(t_start);
+      return s;
+    }
   } else if (opt.distill_steps > 0 || (have_recipe && recipe.distill && recipe.distill_options.steps > 0)) {
     return InvalidArgument("--distill-steps needs a pruned student: add --keep-heads / --keep-ffn / --prune-budget");
   }

@@ -48,6 +48,8 @@ struct CompileOptions {
   bool resume = false;               ///< continue from checkpoint_path
   int qad_steps = -1;                ///< final quantization-aware distillation steps (-1: the recipe's; with pruning
                                      ///< and no recipe qad: section, 20 % of --distill-steps)
+  bool distill_only = false;         ///< `kerf distill`: prune + distill, write the checkpoint to output_path, stop
+  std::string student_path;          ///< compile the student of a `kerf distill` checkpoint (its plan + weights)
   int teacher_samples = -1;          ///< sequences sampled from the teacher added to the training text (-1: the recipe's, else 0)
 };
 
