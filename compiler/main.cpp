@@ -67,7 +67,7 @@ void add_pruning_options(CLI::App* c, kerf::pipeline::CompileOptions& o) {
   c->add_option("--importance", o.importance, "pruning importance: activation (Minitron), taylor (first order), magnitude");
   c->add_option("--prune-budget", o.prune_budget, "solve the keep fractions for a budget: flops:F or params:F (F of the original)");
   c->add_option("--distill-steps", o.distill_steps, "knowledge-distillation steps after pruning (teacher = the unpruned model)");
-  c->add_option("--teacher-samples", o.teacher_samples, "distillation: sequences sampled from the teacher added to the training text");
+  c->add_option("--teacher-samples", o.teacher_samples, "distillation: sequences sampled from the teacher added to the training text (default: one per distillation step)");
   c->add_option("--checkpoint", o.checkpoint_path, "distillation checkpoint (default OUTPUT.ckpt when distilling)");
   c->add_flag("--resume", o.resume, "continue distillation from --checkpoint");
 }

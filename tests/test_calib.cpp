@@ -21,42 +21,12 @@
 #include "quant/bpw.h"
 #include "quant/calib/calibrate.h"
 #include "quant/calib/mixed.h"
+#include "support.h"
 
 using namespace kerf;
+using namespace kerf::test;
 
 namespace {
-
-const std::string kModel = std::string(KERF_SOURCE_DIR) + "/examples/stories260K/stories260K.fp16.onnx";
-const std::string kTok = std::string(KERF_SOURCE_DIR) + "/examples/stories260K/tok512.bin";
-const std::string kText = std::string(KERF_SHARED_DIR) + "/text/tinystories_valid_800.txt";
-
-const ir::Graph& lifted() {
-  static ir::Graph g;
-  static bool done = false;
-  if (!done) {
-    auto m = pipeline::load_model(kModel);
-    REQUIRE(m.ok());
-    g = m->lifted;
-    done = true;
-  }
-  return g;
-}
-
-/// Stories [a, b) of the calibration range, tokenized, at most `cap` tokens each.
-std::vector<std::vector<int64_t>> calib_seqs(int a, int b, size_t cap) {
-  auto all = pipeline::read_stories(kText);
-  REQUIRE(all.ok());
-  auto tok = pipeline::read_llama2c_tokenizer(kTok, 512);
-  REQUIRE(tok.ok());
-  std::vector<std::vector<int64_t>> out;
-  for (int i = a; i < b; ++i) {
-    auto ids = pipeline::tokenize_text(*tok, 512, (*all)[static_cast<size_t>(i)]);
-    REQUIRE(ids.ok());
-    if (ids->size() > cap) ids->resize(cap);
-    out.push_back(*ids);
-  }
-  return out;
-}
 
 quant::TensorChoice choice(const std::string& spec, quant::Method m, quant::ParamRule r = quant::ParamRule::kSearch) {
   quant::TensorChoice c;
@@ -180,7 +150,7 @@ TEST_CASE("recipes: every example parses; errors name the key and line", "[calib
 }
 
 TEST_CASE("calibrated GPTQ lowers every layer's output error vs RTN on the calibration inputs", "[calib][gptq]") {
-  const auto calib = calib_seqs(0, 24, 256);
+  const auto calib = stories(0, 24, 256);
   ir::Graph g1 = lifted(), g2 = lifted();
   quant::CalibOptions co;
   co.threads = 1;
@@ -237,7 +207,7 @@ TEST_CASE("calibration is required when the recipe needs it, with a clear messag
 TEST_CASE("AWQ folding keeps the FP model's function (scales only, no quantization)", "[calib][awq]") {
   // awq with an 8-bit precision: the folded graph must compute (nearly) the same logits as the
   // original, since folding is an exact re-parameterisation and int8 error is small.
-  const auto calib = calib_seqs(0, 8, 128);
+  const auto calib = stories(0, 8, 128);
   ir::Graph g = lifted();
   quant::CalibOptions co;
   co.threads = 1;
@@ -258,7 +228,7 @@ TEST_CASE("AWQ folding keeps the FP model's function (scales only, no quantizati
   auto b = distill::ReferenceExecutor::create(g, ro);
   REQUIRE(a.ok());
   REQUIRE(b.ok());
-  const auto seq = calib_seqs(200, 201, 64)[0];
+  const auto seq = stories(200, 201, 64)[0];
   auto la = a->forward_tokens(seq);
   auto lb = b->forward_tokens(seq);
   REQUIRE(la.ok());
@@ -272,8 +242,8 @@ TEST_CASE("AWQ folding keeps the FP model's function (scales only, no quantizati
 }
 
 TEST_CASE("mixed precision meets the bpw budget exactly and respects overrides", "[calib][mixed]") {
-  const auto calib = calib_seqs(0, 8, 128);
-  const auto sens = calib_seqs(8, 10, 96);
+  const auto calib = stories(0, 8, 128);
+  const auto sens = stories(8, 10, 96);
   quant::MixedOptions mo;
   mo.threads = 1;
   mo.rounds = 1;
@@ -340,8 +310,8 @@ TEST_CASE("INT4 GPTQ recipe end to end: perplexity <= 5.61 at <= 5.44 bpw (issue
 
 TEST_CASE("quantization-aware distillation lowers the KL, and the emitted quantization is the trained forward",
           "[calib][qad]") {
-  const auto train = calib_seqs(0, 40, 128);
-  const auto val = calib_seqs(380, 384, 96);
+  const auto train = stories(0, 40, 128);
+  const auto val = stories(380, 384, 96);
   ir::Graph teacher = lifted();
   ir::Graph student = lifted();
   auto uses = quant::enumerate_weights(student);

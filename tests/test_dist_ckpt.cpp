@@ -4,13 +4,6 @@
 // copies of this binary running the hidden "dp worker" test case).
 #include <catch2/catch.hpp>
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <ATen/ATen.h>
@@ -22,58 +15,27 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "distill/checkpoint.h"
 #include "distill/dist.h"
 #include "distill/dist_torch.h"
 #include "kerf/xxh64.h"
-
-extern char** environ;
+#include "support.h"
 
 using namespace kerf;
 using namespace kerf::distill;
+using namespace kerf::test;
 namespace fs = std::filesystem;
 
 namespace {
 
 // ------------------------------------------------------------------------------ helpers
-
-/// A fresh directory under the build tree, removed when the test ends.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::path(KERF_BINARY_DIR) / ("test_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string read_bytes(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void write_bytes(const std::string& p, const std::string& b) {
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f.write(b.data(), static_cast<std::streamsize>(b.size()));
-  REQUIRE(f.good());
-}
 
 template <class T>
 void put(std::string& b, T v) {
@@ -87,10 +49,6 @@ std::string frame(const std::string& payload, uint32_t version = 1, const char* 
   put<uint64_t>(b, payload.size());
   put<uint64_t>(b, xxh64(payload.data(), payload.size()));
   return b + payload;
-}
-
-bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), 4 * a.size()) == 0);
 }
 
 Checkpoint sample_checkpoint() {
@@ -178,21 +136,6 @@ class EnvGuard {
   std::map<std::string, std::optional<std::string>> saved_;
 };
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // ------------------------------------------------------------------------------ the DP workload
 // Rank-dependent values with inexact sums: the expected result is computed as v(0) + v(1) in the
 // parent (a two-operand sum is the same bits in either order).
@@ -252,72 +195,6 @@ std::string expected_output() {
   auto t0 = worker_tensors(0), t1 = worker_tensors(1);
   for (size_t i = 0; i < t0.size(); ++i) b += tensor_bytes(t0[i] + t1[i]);
   return b;
-}
-
-std::string exe_path() {
-  std::vector<char> buf(4096);
-  ssize_t n = ::readlink("/proc/self/exe", buf.data(), buf.size() - 1);
-  REQUIRE(n > 0);
-  return std::string(buf.data(), static_cast<size_t>(n));
-}
-
-/// Starts this test binary on the hidden worker test with the given extra environment; its stdout
-/// and stderr go to `log`.
-pid_t spawn_worker(const std::map<std::string, std::string>& vars, const std::string& log) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string s(*e);
-    std::string name = s.substr(0, s.find('='));
-    if (vars.count(name) || name == "RANK" || name == "WORLD_SIZE" || name == "MASTER_ADDR" ||
-        name == "MASTER_PORT" || name == "LOCAL_RANK" || name == "KERF_DP_OUT" || name == "OMP_WAIT_POLICY")
-      continue;
-    env.push_back(s);
-  }
-  for (const auto& [n, v] : vars) env.push_back(n + "=" + v);
-  env.push_back("OMP_WAIT_POLICY=passive");
-  std::vector<char*> envp;
-  for (auto& s : env) envp.push_back(s.data());
-  envp.push_back(nullptr);
-
-  std::string exe = exe_path(), spec = "dp worker";
-  std::vector<char*> argv = {exe.data(), spec.data(), nullptr};
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t pid = -1;
-  int rc = ::posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&fa);
-  REQUIRE(rc == 0);
-  return pid;
-}
-
-/// Waits for every pid up to `timeout`; kills (SIGKILL) the ones still running. Returns each
-/// one's exit code (-1: killed on timeout, 128+N: died of signal N).
-std::vector<int> wait_all(const std::vector<pid_t>& pids, std::chrono::seconds timeout) {
-  std::vector<int> codes(pids.size(), -2);
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  size_t left = pids.size();
-  while (left > 0 && std::chrono::steady_clock::now() < deadline) {
-    for (size_t i = 0; i < pids.size(); ++i) {
-      if (codes[i] != -2) continue;
-      int st = 0;
-      pid_t r = ::waitpid(pids[i], &st, WNOHANG);
-      if (r == pids[i]) {
-        codes[i] = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        --left;
-      }
-    }
-    if (left > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  for (size_t i = 0; i < pids.size(); ++i) {
-    if (codes[i] != -2) continue;
-    ::kill(pids[i], SIGKILL);
-    int st = 0;
-    ::waitpid(pids[i], &st, 0);
-    codes[i] = -1;
-  }
-  return codes;
 }
 
 }  // namespace
@@ -713,20 +590,14 @@ TEST_CASE("dp worker", "[.dp_worker]") {
 
 TEST_CASE("DataParallel: two processes allreduce to the exact sums (c10d TCPStore + Gloo)", "[dist]") {
   TempDir d("dp2");
-  const int port = free_port();
-  std::vector<pid_t> pids;
-  std::vector<std::string> outs, logs;
-  for (int r = 0; r < 2; ++r) {
-    outs.push_back(d.file("rank" + std::to_string(r) + ".bin"));
-    logs.push_back(d.file("rank" + std::to_string(r) + ".log"));
-    pids.push_back(spawn_worker({{"RANK", std::to_string(r)},
-                                 {"WORLD_SIZE", "2"},
-                                 {"MASTER_ADDR", "127.0.0.1"},
-                                 {"MASTER_PORT", std::to_string(port)},
-                                 {"KERF_DP_OUT", outs.back()}},
-                                logs.back()));
-  }
-  const auto codes = wait_all(pids, std::chrono::seconds(60));
+  // The workers inherit GLOO_SOCKET_IFNAME, if set, but none of the other distributed variables.
+  const std::vector<std::string> not_inherited = {"RANK",       "WORLD_SIZE", "MASTER_ADDR",
+                                                  "MASTER_PORT", "LOCAL_RANK", "KERF_DP_OUT"};
+  DpWorkers workers(d, "dp worker", 2, ".bin", not_inherited);
+  workers.wait_all(std::chrono::seconds(60));
+  const std::vector<int>& codes = workers.codes;
+  const std::vector<std::string>& outs = workers.outs;
+  const std::vector<std::string>& logs = workers.logs;
   const std::string expected = expected_output();
   for (int r = 0; r < 2; ++r) {
     INFO("rank " << r << " exit " << codes[r] << " (-1 = killed after 60 s); log:\n" << read_bytes(logs[r]));

@@ -6,15 +6,6 @@
 // weights of one process with the combined batch.
 #include <catch2/catch.hpp>
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -22,52 +13,33 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
-#include "compiler/pipeline/model_io.h"
-#include "compiler/pipeline/text.h"
 #include "distill/checkpoint.h"
 #include "distill/dist.h"
 #include "distill/qad.h"
 #include "prune/prune.h"
 #include "quant/qspec.h"
 #include "quant/recipe.h"
-
-extern char** environ;
+#include "support.h"
 
 using namespace kerf;
+using namespace kerf::test;
 namespace fs = std::filesystem;
 
 namespace {
 namespace kd_test {
-
-const std::string kModel = std::string(KERF_SHARED_DIR) + "/models/stories260K/stories260K.fp16.onnx";
-const std::string kText = std::string(KERF_SHARED_DIR) + "/text/tinystories_valid_800.txt";
 
 using Precision = std::map<std::string, std::pair<quant::QSpec, quant::ParamRule>>;
 using Seqs = std::vector<std::vector<int64_t>>;
 using Weights = std::map<std::string, std::vector<float>>;
 
 /// The unpruned lifted graph (the teacher), loaded once.
-const ir::Graph& teacher_graph() {
-  static ir::Graph g;
-  static bool done = false;
-  if (!done) {
-    auto m = pipeline::load_model(kModel);
-    INFO(m.status().to_string());
-    REQUIRE(m.ok());
-    g = m->lifted;
-    done = true;
-  }
-  return g;
-}
+const ir::Graph& teacher_graph() { return lifted(); }
 
 /// Every block keeps KV groups {0,1,2} (query heads 0..5) and the first `ffn_keep` of its 172 FFN channels.
 ir::Graph pruned_student(int64_t ffn_keep = 86) {
@@ -98,30 +70,8 @@ Precision plain_precision(const ir::Graph& g) {
   return prec;
 }
 
-/// Stories [a, b) tokenized with the tokenizer beside the model; story a+i cut to cap(i) tokens.
-template <class Cap>
-Seqs stories(int a, int b, Cap cap) {
-  auto all = pipeline::read_stories(kText);
-  REQUIRE(all.ok());
-  auto sel = pipeline::select_stories(*all, pipeline::StoryRange{a, b}, kText);
-  REQUIRE(sel.ok());
-  auto tok_path = pipeline::find_tokenizer_beside(kModel);
-  INFO(tok_path.status().to_string());
-  REQUIRE(tok_path.ok());
-  auto tok = pipeline::read_llama2c_tokenizer(*tok_path, 512);
-  REQUIRE(tok.ok());
-  auto ids = pipeline::tokenize_texts(*tok, 512, *sel);
-  REQUIRE(ids.ok());
-  Seqs out = *ids;
-  for (size_t i = 0; i < out.size(); ++i) {
-    const size_t c = static_cast<size_t>(cap(static_cast<int>(i)));
-    if (out[i].size() > c) out[i].resize(c);
-  }
-  return out;
-}
-
-Seqs train_64() { return stories(0, 12, [](int) { return 64; }); }
-Seqs val_64() { return stories(380, 383, [](int) { return 64; }); }
+Seqs train_64() { return stories(0, 12, 64); }
+Seqs val_64() { return stories(380, 383, 64); }
 
 /// The trained tensors of a student (every name in `prec`, plus the norms): float32 values.
 Weights weights_of(const ir::Graph& g) {
@@ -129,10 +79,6 @@ Weights weights_of(const ir::Graph& g) {
   for (const auto& [name, t] : g.initializers)
     if (t.dtype == ir::DType::kF16 || t.dtype == ir::DType::kF32) w[name] = t.to_f32();
   return w;
-}
-
-bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), 4 * a.size()) == 0);
 }
 
 /// Names of the tensors whose bits differ (or that only one side has).
@@ -151,13 +97,6 @@ double max_abs(const std::vector<float>& v) {
   return m;
 }
 
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
-  return m;
-}
-
 /// The common options of these tests.
 distill::QadOptions base_options() {
   distill::QadOptions o;
@@ -170,34 +109,6 @@ distill::QadOptions base_options() {
   o.threads = 1;
   o.label = "distill";
   return o;
-}
-
-/// A fresh directory under the build tree, removed when the test ends.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::path(KERF_BINARY_DIR) / ("test_distill_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string read_bytes(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void write_bytes(const std::string& p, const std::string& b) {
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f.write(b.data(), static_cast<std::streamsize>(b.size()));
-  REQUIRE(f.good());
 }
 
 // ------------------------------------------------------------------------------ data parallel
@@ -223,7 +134,7 @@ Seqs dp_train() { return stories(0, 12, [](int i) { return 20 + 4 * ((i * 5) % 1
 /// and "<config>/weight/<name>".
 distill::Checkpoint run_dp_workload(distill::DataParallel* dp, int batch) {
   const Seqs train = dp_train();
-  const Seqs val = stories(380, 382, [](int) { return 48; });
+  const Seqs val = stories(380, 382, 48);
   distill::Checkpoint out;
   for (const DpConfig& c : kDpConfigs) {
     ir::Graph student = pruned_student();
@@ -256,98 +167,6 @@ distill::Checkpoint run_dp_workload(distill::DataParallel* dp, int batch) {
   }
   return out;
 }
-
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-std::string exe_path() {
-  std::vector<char> buf(4096);
-  ssize_t n = ::readlink("/proc/self/exe", buf.data(), buf.size() - 1);
-  REQUIRE(n > 0);
-  return std::string(buf.data(), static_cast<size_t>(n));
-}
-
-/// Starts this test binary on the hidden test `spec` with the given extra environment; its stdout
-/// and stderr go to `log`.
-pid_t spawn_worker(const std::string& spec_name, const std::map<std::string, std::string>& vars, const std::string& log) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string s(*e);
-    std::string name = s.substr(0, s.find('='));
-    if (vars.count(name) || name == "RANK" || name == "WORLD_SIZE" || name == "MASTER_ADDR" || name == "MASTER_PORT" ||
-        name == "LOCAL_RANK" || name == "KERF_DP_OUT" || name == "OMP_WAIT_POLICY" || name == "GLOO_SOCKET_IFNAME")
-      continue;
-    env.push_back(s);
-  }
-  for (const auto& [n, v] : vars) env.push_back(n + "=" + v);
-  env.push_back("OMP_WAIT_POLICY=passive");
-  std::vector<char*> envp;
-  for (auto& s : env) envp.push_back(s.data());
-  envp.push_back(nullptr);
-
-  std::string exe = exe_path(), spec = spec_name;
-  std::vector<char*> argv = {exe.data(), spec.data(), nullptr};
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t pid = -1;
-  int rc = ::posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&fa);
-  REQUIRE(rc == 0);
-  return pid;
-}
-
-/// Kills (SIGKILL) and reaps every child still running when it goes out of scope, so that a failed
-/// REQUIRE in the parent never leaves a worker behind.
-struct Children {
-  std::vector<pid_t> pids;
-  std::vector<int> codes;  // -2 running, -1 killed on timeout, 128+N died of signal N, else exit code
-  ~Children() {
-    for (size_t i = 0; i < pids.size(); ++i)
-      if (codes[i] == -2) {
-        ::kill(pids[i], SIGKILL);
-        int st = 0;
-        ::waitpid(pids[i], &st, 0);
-      }
-  }
-  void add(pid_t p) {
-    pids.push_back(p);
-    codes.push_back(-2);
-  }
-  /// Waits for every child up to `timeout`; kills the ones still running.
-  void wait_all(std::chrono::seconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    auto left = [&] { return std::count(codes.begin(), codes.end(), -2); };
-    while (left() > 0 && std::chrono::steady_clock::now() < deadline) {
-      for (size_t i = 0; i < pids.size(); ++i) {
-        if (codes[i] != -2) continue;
-        int st = 0;
-        if (::waitpid(pids[i], &st, WNOHANG) == pids[i]) codes[i] = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-      }
-      if (left() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    for (size_t i = 0; i < pids.size(); ++i)
-      if (codes[i] == -2) {
-        ::kill(pids[i], SIGKILL);
-        int st = 0;
-        ::waitpid(pids[i], &st, 0);
-        codes[i] = -1;
-      }
-  }
-};
 
 }  // namespace kd_test
 }  // namespace
@@ -406,7 +225,7 @@ TEST_CASE("distillation lowers the KD loss on a fixed seed", "[distill]") {
 // ================================================================================ checkpoint / resume
 
 TEST_CASE("resume equals an uninterrupted run", "[distill]") {
-  TempDir d("resume");
+  TempDir d("distill_resume");
   const Seqs train = train_64(), val = val_64();
   const ir::Graph original = pruned_student();
   const Precision prec = plain_precision(original);
@@ -582,21 +401,10 @@ TEST_CASE("dp distill worker", "[.dp_distill_worker]") {
 }
 
 TEST_CASE("2-process data-parallel distillation computes the same gradients as one process", "[distill]") {
-  TempDir d("dp2");
-  const int port = free_port();
-  Children kids;
-  std::vector<std::string> outs, logs;
-  for (int r = 0; r < 2; ++r) {
-    outs.push_back(d.file("rank" + std::to_string(r) + ".ckpt"));
-    logs.push_back(d.file("rank" + std::to_string(r) + ".log"));
-    kids.add(spawn_worker("dp distill worker",
-                          {{"RANK", std::to_string(r)},
-                           {"WORLD_SIZE", "2"},
-                           {"MASTER_ADDR", "127.0.0.1"},
-                           {"MASTER_PORT", std::to_string(port)},
-                           {"KERF_DP_OUT", outs.back()}},
-                          logs.back()));
-  }
+  TempDir d("distill_dp2");
+  DpWorkers kids(d, "dp distill worker", 2, ".ckpt");
+  const std::vector<std::string>& outs = kids.outs;
+  const std::vector<std::string>& logs = kids.logs;
   // Meanwhile: one process, batch 4 = 2 ranks x 2.
   const distill::Checkpoint single = run_dp_workload(nullptr, 4);
   kids.wait_all(std::chrono::seconds(120));

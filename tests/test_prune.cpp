@@ -16,44 +16,16 @@
 #include "compiler/pipeline/eval.h"
 #include "compiler/pipeline/model_io.h"
 #include "compiler/pipeline/text.h"
+#include "distill/checkpoint.h"
 #include "distill/reference.h"
 #include "prune/importance.h"
 #include "prune/prune.h"
+#include "support.h"
 
 using namespace kerf;
+using namespace kerf::test;
 
 namespace {
-
-const std::string kModel = std::string(KERF_SOURCE_DIR) + "/examples/stories260K/stories260K.fp16.onnx";
-const std::string kTok = std::string(KERF_SOURCE_DIR) + "/examples/stories260K/tok512.bin";
-const std::string kText = std::string(KERF_SHARED_DIR) + "/text/tinystories_valid_800.txt";
-
-const ir::Graph& lifted() {
-  static ir::Graph g;
-  static bool done = false;
-  if (!done) {
-    auto m = pipeline::load_model(kModel);
-    REQUIRE(m.ok());
-    g = m->lifted;
-    done = true;
-  }
-  return g;
-}
-
-std::vector<std::vector<int64_t>> seqs(int a, int b, size_t cap) {
-  auto all = pipeline::read_stories(kText);
-  REQUIRE(all.ok());
-  auto tok = pipeline::read_llama2c_tokenizer(kTok, 512);
-  REQUIRE(tok.ok());
-  std::vector<std::vector<int64_t>> out;
-  for (int i = a; i < b; ++i) {
-    auto ids = pipeline::tokenize_text(*tok, 512, (*all)[static_cast<size_t>(i)]);
-    REQUIRE(ids.ok());
-    if (ids->size() > cap) ids->resize(cap);
-    out.push_back(*ids);
-  }
-  return out;
-}
 
 std::vector<float> logits(const ir::Graph& g, const std::vector<int64_t>& toks) {
   auto ex = distill::ReferenceExecutor::create(g, distill::ReferenceOptions{1});
@@ -61,13 +33,6 @@ std::vector<float> logits(const ir::Graph& g, const std::vector<int64_t>& toks) 
   auto l = ex->forward_tokens(toks);
   REQUIRE(l.ok());
   return *l;
-}
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double d = 0;
-  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, static_cast<double>(std::fabs(a[i] - b[i])));
-  return d;
 }
 
 /// Zeroes columns `cols` of a [R, C] initializer (any float dtype) in place.
@@ -123,7 +88,7 @@ TEST_CASE("prune: analyze finds the blocks of stories260K", "[prune]") {
 TEST_CASE("prune: removing heads / FFN channels / blocks equals zeroing their contributions", "[prune]") {
   auto m = prune::analyze(lifted());
   REQUIRE(m.ok());
-  const auto toks = seqs(0, 1, 96)[0];
+  const auto toks = stories(0, 1, 96)[0];
   const int64_t Dh = 8;
 
   SECTION("KV groups with their query heads, and FFN channels") {
@@ -242,7 +207,7 @@ TEST_CASE("prune: the identity plan changes nothing; bad plans are refused befor
   ir::Graph g = lifted();
   REQUIRE(prune::apply_plan(g, *m, full).ok());
   CHECK(g.initializers == lifted().initializers);
-  const auto toks = seqs(1, 2, 64)[0];
+  const auto toks = stories(1, 2, 64)[0];
   CHECK(logits(g, toks) == logits(lifted(), toks));
 
   auto refused = [&](prune::Plan p, const std::string& what) {
@@ -291,7 +256,7 @@ TEST_CASE("prune: the identity plan changes nothing; bad plans are refused befor
 TEST_CASE("prune: importance metrics", "[prune]") {
   auto m = prune::analyze(lifted());
   REQUIRE(m.ok());
-  const auto calib = seqs(0, 16, 128);
+  const auto calib = stories(0, 16, 128);
   prune::ImportanceOptions io;
   io.threads = 1;
 
@@ -349,7 +314,7 @@ TEST_CASE("prune: importance metrics", "[prune]") {
       REQUIRE(prune::apply_plan(g, *m, *p).ok());
       double nll = 0;
       int64_t n = 0;
-      for (const auto& q : seqs(40, 46, 128)) {
+      for (const auto& q : stories(40, 46, 128)) {
         const auto lg = logits(g, q);
         for (size_t t = 0; t + 1 < q.size(); ++t) {
           const float* row = lg.data() + t * 512;
@@ -420,10 +385,13 @@ TEST_CASE("prune: kerf compile prunes, distills and reports every stage", "[prun
   o.keep_heads = 0.75;
   o.keep_ffn = 0.5;
   o.distill_steps = 40;
+  o.qad_steps = 0;        // post-training RTN of the distilled student: `--student` below must reproduce it
+  o.teacher_samples = 8;
   o.method = "rtn";
   o.threads = 1;
   auto s = pipeline::compile(o);
   REQUIRE(s.ok());
+  CHECK(s->distill_log.back().find("8 teacher samples") != std::string::npos);
   CHECK(s->prune_text.find("kept 6/8 query heads (3/4 KV groups") != std::string::npos);
   CHECK(s->prune_text.find("86/172 FFN channels") != std::string::npos);
   CHECK(std::filesystem::exists(o.output_path + ".ckpt"));
@@ -444,6 +412,66 @@ TEST_CASE("prune: kerf compile prunes, distills and reports every stage", "[prun
   CHECK(r->stages[1].params < r->stages[0].params);
   CHECK(r->stages[1].decode_flops < 0.7 * r->stages[0].decode_flops);
   CHECK(pipeline::eval_report_markdown(*r).find("## Compression stages") != std::string::npos);
+
+  // `kerf compile --student CKPT` rebuilds the same student (plan + best weights): same artifact
+  // numbers to the last bit.
+  {
+    pipeline::CompileOptions so;
+    so.model_path = kModel;
+    so.output_path = (dir / "student.kerf").string();
+    so.student_path = o.output_path + ".ckpt";
+    so.calib_path = kText;
+    so.calib_stories = pipeline::StoryRange{0, 32};
+    so.method = "rtn";
+    so.threads = 1;
+    auto ss = pipeline::compile(so);
+    REQUIRE(ss.ok());
+    pipeline::EvalOptions se = e;
+    se.artifact_path = so.output_path;
+    se.reference_path.clear();
+    e.stages = false;
+    pipeline::EvalOptions fe = e;
+    fe.reference_path.clear();
+    auto a = pipeline::evaluate(fe), b = pipeline::evaluate(se);
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    CHECK(a->nll == b->nll);
+    CHECK(a->bytes == b->bytes);
+    e.stages = true;
+    // Conflicting options are refused.
+    so.keep_ffn = 0.5;
+    auto bad = pipeline::compile(so);
+    REQUIRE_FALSE(bad.ok());
+    CHECK(bad.status().code() == ErrorCode::kInvalidArgument);
+  }
+  // `kerf distill`: pruning + distillation only, into a checkpoint that carries plan, weights and
+  // stage costs.
+  {
+    pipeline::CompileOptions d;
+    d.model_path = kModel;
+    d.output_path = (dir / "only.ckpt").string();
+    d.calib_path = kText;
+    d.calib_stories = pipeline::StoryRange{0, 16};
+    d.keep_ffn = 0.5;
+    d.distill_steps = 6;
+    d.teacher_samples = 0;
+    d.distill_only = true;
+    d.threads = 1;
+    auto ds = pipeline::compile(d);
+    REQUIRE(ds.ok());
+    auto ck = distill::load_checkpoint(d.output_path);
+    REQUIRE(ck.ok());
+    CHECK(ck->meta.count("prune.plan") == 1);
+    CHECK(ck->meta.at("stage.pruned.params") == std::to_string(260032 - 5 * 86 * 3 * 64));  // w1, w3 rows + w2 columns
+    CHECK(ck->find("model.layers.0.w1.weight#best") != nullptr);
+    CHECK(ck->find("model.layers.0.w1.weight#init") != nullptr);
+    CHECK(ck->find("model.layers.0.w1.weight#best")->shape == std::vector<int64_t>{86, 64});
+    CHECK_FALSE(std::filesystem::exists(d.output_path + ".ckpt"));
+    d.keep_ffn = 1.0;  // nothing to prune: refused
+    auto none = pipeline::compile(d);
+    REQUIRE_FALSE(none.ok());
+    CHECK(none.status().code() == ErrorCode::kInvalidArgument);
+  }
 
   // A changed checkpoint is reported, not silently used.
   {

@@ -50,6 +50,14 @@ std::vector<std::string> default_candidates() {
           "int4_asym:g32:k6", "int5_sym:g32:k6", "int6_sym:g32:k6", "int8_sym:g32:k6"};
 }
 
+/// The one-line summary of a (quantization-aware) distillation run.
+std::string training_summary(const char* label, const distill::QadReport& r, const std::string& src, size_t n_val) {
+  char buf[400];
+  std::snprintf(buf, sizeof buf, "%s: %d steps on %s minus %zu validation sequences; val KL %.4f -> %.4f (best, step %d), %.1f s, %.0f tok/s",
+                label, r.steps, src.c_str(), n_val, r.val_kl_initial, r.val_kl_best, r.best_step, r.seconds, r.tokens_per_second);
+  return buf;
+}
+
 /// Builds the effective recipe from the file (if any) and the command-line overrides.
 Result<Recipe> effective_recipe(const CompileOptions& opt) {
   Recipe r;
@@ -247,11 +255,8 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
     auto qr = distill::quantization_aware_distill(lifted, teacher, prec, seqs, val, qo);
     if (!qr.ok()) return qr.status().with_context("quantization-aware distillation");
     s->qad_log = qr->log;
-    char buf[300];
-    std::snprintf(buf, sizeof buf, "qad: %d steps on %s minus %zu validation sequences; val KL %.4f -> %.4f (best, step %d), %.1f s, %.0f tok/s",
-                  qr->steps, src.c_str(), n_val, qr->val_kl_initial, qr->val_kl_best, qr->best_step, qr->seconds, qr->tokens_per_second);
-    s->qad_log.push_back(buf);
-    (*meta)["compile.qad"] = buf;
+    s->qad_log.push_back(training_summary("qad", *qr, src, n_val));
+    (*meta)["compile.qad"] = s->qad_log.back();
     s->qad_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tq).count();
   }
 
@@ -435,7 +440,10 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     const size_t n_val = static_cast<size_t>(std::floor(val_fraction * static_cast<double>(seqs.size())));
     std::vector<std::vector<int64_t>> val(seqs.end() - static_cast<std::ptrdiff_t>(n_val), seqs.end());
     seqs.resize(seqs.size() - n_val);
-    const int samples = opt.teacher_samples >= 0 ? opt.teacher_samples : (recipe && recipe->distill ? recipe->teacher_samples : 0);
+    // Data-free augmentation: by default one teacher-sampled sequence per distillation step (the
+    // 400 training stories alone are memorized: on stories260K, 25 % heads / 50 % FFN pruned, the
+    // validation KL after 2,000 steps was 0.30 without samples, 0.22 with 1,000).
+    const int samples = opt.teacher_samples >= 0 ? opt.teacher_samples : (recipe && recipe->distill ? recipe->teacher_samples : steps);
     if (samples > 0) {
       const auto tsm = std::chrono::steady_clock::now();
       KERF_ASSIGN_OR_RETURN(auto gen, distill::sample_from_teacher(*teacher, samples, max_seq, 1.0, qo.seed + 7, 1, 2, opt.threads));
@@ -476,19 +484,15 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     auto dr = distill::quantization_aware_distill(lifted, *teacher, prec, seqs, val, qo);
     if (!dr.ok()) return dr.status().with_context("distillation");
     s->distill_log = dr->log;
-    char buf[300];
-    std::snprintf(buf, sizeof buf, "distill: %d steps on %s minus %zu validation sequences; val KL %.4f -> %.4f (best, step %d), %.1f s, %.0f tok/s",
-                  dr->steps, src.c_str(), n_val, dr->val_kl_initial, dr->val_kl_best, dr->best_step, dr->seconds, dr->tokens_per_second);
-    s->distill_log.push_back(buf);
-    (*meta)["compile.distill"] = buf;
+    s->distill_log.push_back(training_summary("distill", *dr, src, n_val));
+    (*meta)["compile.distill"] = s->distill_log.back();
     s->distill_seconds = since(td);
   }
   if (s->distributed_rank == 0) {
-    std::ifstream f(ck, std::ios::binary);
-    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (bytes.empty()) return IoError(ck + ": pruning / distillation checkpoint was not written");
+    auto h = file_xxh64(ck);
+    if (!h.ok()) return h.status().with_context("pruning / distillation checkpoint");
     (*meta)["distill.checkpoint"] = ck;
-    (*meta)["distill.checkpoint_xxh64"] = hex64(xxh64(bytes.data(), bytes.size(), 0));
+    (*meta)["distill.checkpoint_xxh64"] = hex64(*h);
   }
   return Status::Ok();
 }
@@ -523,12 +527,11 @@ Status load_student(const CompileOptions& opt, ir::Graph& lifted, ir::Graph* tea
   for (const auto& [k, v] : ck.meta)
     if (k.rfind("stage.", 0) == 0 || k.rfind("prune.", 0) == 0) (*meta)[k] = v;
   s->prune_text = (*meta)["prune.summary"] + " (from " + opt.student_path + ")";
-  std::ifstream f(opt.student_path, std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  KERF_ASSIGN_OR_RETURN(uint64_t h, file_xxh64(opt.student_path));
   std::error_code ec;
   const auto abs = std::filesystem::absolute(opt.student_path, ec);
   (*meta)["distill.checkpoint"] = ec ? opt.student_path : abs.string();
-  (*meta)["distill.checkpoint_xxh64"] = hex64(xxh64(bytes.data(), bytes.size(), 0));
+  (*meta)["distill.checkpoint_xxh64"] = hex64(h);
   return Status::Ok();
 }
 

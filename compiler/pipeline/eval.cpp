@@ -161,11 +161,10 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
     if (ck_path.empty()) {
       ck_note = "no checkpoint recorded";
     } else {
-      std::ifstream f(ck_path, std::ios::binary);
-      std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      auto h = file_xxh64(ck_path);
       char hb[17];
-      std::snprintf(hb, sizeof hb, "%016llx", static_cast<unsigned long long>(xxh64(bytes.data(), bytes.size(), 0)));
-      if (!f.good() && bytes.empty()) {
+      std::snprintf(hb, sizeof hb, "%016llx", static_cast<unsigned long long>(h.ok() ? *h : 0));
+      if (!h.ok()) {
         ck_note = "checkpoint " + ck_path + " not found";
       } else if (hb != ck_hash) {
         ck_note = "checkpoint " + ck_path + " changed since compile (hash " + std::string(hb) + ", recorded " + ck_hash + ")";

@@ -1,4 +1,5 @@
 #include "compiler/pipeline/model_io.h"
+#include "kerf/xxh64.h"
 
 #include <memory>
 
@@ -118,6 +119,18 @@ Result<std::vector<std::vector<int64_t>>> tokenize_texts(const std::vector<uint8
 Result<std::vector<int64_t>> tokenize_text(const std::vector<uint8_t>& tokenizer_file, int64_t vocab, const std::string& text) {
   KERF_ASSIGN_OR_RETURN(auto all, tokenize_texts(tokenizer_file, vocab, {text}));
   return std::move(all[0]);
+}
+
+}  // namespace kerf::pipeline
+
+namespace kerf::pipeline {
+
+Result<uint64_t> file_xxh64(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return IoError(path + ": cannot open");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) return IoError(path + ": read error");
+  return xxh64(bytes.data(), bytes.size(), 0);
 }
 
 }  // namespace kerf::pipeline

@@ -47,4 +47,7 @@ Result<std::vector<std::vector<int64_t>>> tokenize_texts(const std::vector<uint8
 /// Vocabulary size of a lifted LM graph: rows of the Embedding table. kBadInput if none.
 Result<int64_t> vocab_size_of(const ir::Graph& lifted);
 
+/// XXH64 (seed 0) of a whole file's bytes. Errors: IoError naming the path (missing, unreadable).
+Result<uint64_t> file_xxh64(const std::string& path);
+
 }  // namespace kerf::pipeline
