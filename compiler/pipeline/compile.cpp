@@ -398,7 +398,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
 
   distill::QadOptions qo;
   qo.label = "distill";
-  qo.batch = 4;
+  qo.batch = 6;
   qo.seq_len = static_cast<int>(max_seq);
   qo.lr = 2e-3;
   qo.steps = 0;
