@@ -7,6 +7,8 @@
 //    lifted graph, with and without the KV cache.
 #include <catch2/catch.hpp>
 
+#include "support.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -85,12 +87,7 @@ std::vector<ir::Tensor> run_ok(ReferenceExecutor& ex, const std::map<std::string
   return std::move(r).value();
 }
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  float m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
+using kerf::test::max_abs_diff;
 
 std::vector<float> rand_vec(std::mt19937& rng, size_t n, float scale) {
   std::uniform_real_distribution<float> u(-scale, scale);

@@ -9,6 +9,8 @@
 //  - errors: unmapped ops listed by name and source location (exit class unsupported), bad files.
 #include <catch2/catch.hpp>
 
+#include "support.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -84,12 +86,7 @@ std::vector<float> logits(ReferenceExecutor& ex, const std::vector<int64_t>& tok
   return std::move(r).value();
 }
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  float m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
+using kerf::test::max_abs_diff;
 
 struct Ref {
   std::vector<int64_t> tokens;
