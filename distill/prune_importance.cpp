@@ -1,4 +1,5 @@
-// Importance metrics for structured pruning (see prune/importance.h).
+// Importance metrics for structured pruning (the API is prune/importance.h; the implementation runs
+// the reference executor, so it lives with the other LibTorch code in distill/).
 #include "prune/importance.h"
 
 #include <ATen/ATen.h>
