@@ -126,19 +126,16 @@ Result<TeacherOut> teacher_forward(ReferenceExecutor& teacher, const Batch& b, c
   return o;
 }
 
-/// Per-position KL(p_t || p_s) at temperature temp, masked mean over real positions.
-at::Tensor kd_loss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& mask, double temp) {
-  at::Tensor lt = at::log_softmax(teacher / temp, -1);
-  at::Tensor ls = at::log_softmax(student / temp, -1);
-  at::Tensor kl = (lt.exp() * (lt - ls)).sum(-1);  // [B, T]
-  return (kl * mask).sum() / mask.sum() * (temp * temp);
-}
-
 /// Sum over real positions of KL(p_t || p_s) at temperature temp, times T^2.
 at::Tensor kd_sum(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& mask, double temp) {
   at::Tensor lt = at::log_softmax(teacher / temp, -1);
   at::Tensor ls = at::log_softmax(student / temp, -1);
   return ((lt.exp() * (lt - ls)).sum(-1) * mask).sum() * (temp * temp);
+}
+
+/// The same, averaged over the real positions.
+at::Tensor kd_loss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& mask, double temp) {
+  return kd_sum(student, teacher, mask, temp) / mask.sum();
 }
 
 /// Per pair, the masked sum of the teacher value's squares (the normalizer of hidden_loss).
