@@ -60,6 +60,16 @@ std::vector<int64_t> all_of(int64_t n) {
 
 int64_t round_keep(double frac, int64_t n) { return std::clamp<int64_t>(static_cast<int64_t>(std::llround(frac * static_cast<double>(n))), 1, n); }
 
+/// A fraction < 1 that rounds to every structure would silently prune nothing: an error that says
+/// what the counts allow.
+Status check_reduces(double frac, int64_t kept, int64_t n, const std::string& what) {
+  if (frac < 1 && kept == n)
+    return InvalidArgument("pruning: keeping " + std::to_string(frac) + " of " + std::to_string(n) + " " + what +
+                           " rounds to all of them; the smallest reduction keeps " + std::to_string(n - 1) + "/" +
+                           std::to_string(n) + " = " + std::to_string(static_cast<double>(n - 1) / static_cast<double>(n)));
+  return Status::Ok();
+}
+
 /// Row / column selection of a float initializer (any float dtype; the dtype is kept, so values are
 /// bit-identical).
 ir::Tensor take(const ir::Tensor& t, int axis, const std::vector<int64_t>& idx) {
@@ -252,6 +262,7 @@ Result<Plan> make_plan(const Model& m, const Scores& s, const PruneOptions& opt)
     if (opt.head_mode == HeadMode::kKvGroups) {
       if (s.kv_groups.size() != m.blocks.size()) return InvalidArgument("pruning: no KV-group scores (" + s.method + ")");
       const int64_t kg = round_keep(opt.keep_heads, G);
+      KERF_RETURN_IF_ERROR(check_reduces(opt.keep_heads, kg, G, "KV groups (kv-groups head mode)"));
       if (kg < G)
         for (size_t l = 0; l < m.blocks.size(); ++l) {
           p.kv_groups.push_back(top_k(s.kv_groups[l], kg));
@@ -266,6 +277,7 @@ Result<Plan> make_plan(const Model& m, const Scores& s, const PruneOptions& opt)
       if (per == 1)
         return InvalidArgument("pruning: query-heads mode needs several query heads per KV group (this model has " +
                                std::to_string(H) + " heads over " + std::to_string(G) + " KV heads); use kv-groups");
+      KERF_RETURN_IF_ERROR(check_reduces(opt.keep_heads, kp, per, "query heads per KV group (query-heads mode)"));
       if (kp < per)
         for (size_t l = 0; l < m.blocks.size(); ++l) {
           std::vector<int64_t> hs;
@@ -281,12 +293,14 @@ Result<Plan> make_plan(const Model& m, const Scores& s, const PruneOptions& opt)
   if (opt.keep_ffn < 1) {
     if (s.ffn.size() != m.blocks.size()) return InvalidArgument("pruning: no FFN channel scores (" + s.method + ")");
     const int64_t kf = round_keep(opt.keep_ffn, b0.ffn_dim);
+    KERF_RETURN_IF_ERROR(check_reduces(opt.keep_ffn, kf, b0.ffn_dim, "FFN channels per block"));
     if (kf < b0.ffn_dim)
       for (size_t l = 0; l < m.blocks.size(); ++l) p.ffn.push_back(top_k(s.ffn[l], kf));
   }
   if (opt.keep_embed < 1) {
     if (static_cast<int64_t>(s.embed.size()) != m.dim) return InvalidArgument("pruning: no embedding-channel scores (" + s.method + ")");
     const int64_t kd = round_keep(opt.keep_embed, m.dim);
+    KERF_RETURN_IF_ERROR(check_reduces(opt.keep_embed, kd, m.dim, "embedding channels"));
     if (kd < m.dim) p.embed = top_k(s.embed, kd);
   }
   if (opt.drop_blocks > 0) {

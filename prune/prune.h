@@ -100,8 +100,9 @@ struct Plan {
 };
 
 /// Chooses what to keep from the scores. Errors: kInvalidArgument for a fraction outside (0, 1], a
-/// head fraction that rounds to a count violating the mode (e.g. kQueryHeads with one query head per
-/// group), drop_blocks >= the block count, or a structure asked to shrink that has no scores.
+/// fraction < 1 that rounds to the full count (nothing would be removed; the message gives the
+/// smallest reduction), kQueryHeads with one query head per group, drop_blocks >= the block count,
+/// or a structure asked to shrink that has no scores.
 Result<Plan> make_plan(const Model& m, const Scores& s, const PruneOptions& opt);
 
 /// Rewrites `g` (as analyze()d into `m`): slices the initializers, updates Attention's n_heads /

@@ -195,6 +195,26 @@ TEST_CASE("prune: the identity plan changes nothing; bad plans are refused befor
   auto plan = prune::make_plan(*m, s, prune::PruneOptions{});
   REQUIRE(plan.ok());
   CHECK(plan->identity());
+  {
+    // A fraction < 1 that rounds to every structure is an error, not a silent no-op: 0.75 of the 2
+    // query heads per KV group rounds to 2.
+    auto mag = prune::compute_importance(lifted(), *m, {}, prune::ImportanceOptions{prune::Metric::kMagnitude});
+    REQUIRE(mag.ok());
+    prune::PruneOptions q;
+    q.keep_heads = 0.75;
+    q.head_mode = prune::HeadMode::kQueryHeads;
+    auto r = prune::make_plan(*m, *mag, q);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == ErrorCode::kInvalidArgument);
+    CHECK(r.status().message().find("rounds to all of them; the smallest reduction keeps 1/2") != std::string::npos);
+    prune::PruneOptions f;
+    f.keep_ffn = 0.999;
+    CHECK_FALSE(prune::make_plan(*m, *mag, f).ok());
+    q.keep_heads = 0.5;  // one of two per group: fine
+    auto ok = prune::make_plan(*m, *mag, q);
+    REQUIRE(ok.ok());
+    CHECK(ok->heads[0].size() == 4);
+  }
   // A plan that keeps every index explicitly is the identity too: tensors bit-identical.
   prune::Plan full;
   for (int l = 0; l < 5; ++l) {
