@@ -1,4 +1,4 @@
-// The .kerf v1 artifact writer (formats/SPEC.md; writes format 1.1, fmt::kVersionMinor). C++17 standard library + POSIX file calls only:
+// The .kerf v1 artifact writer (formats/SPEC.md; writes format 1.2, fmt::kVersionMinor). C++17 standard library + POSIX file calls only:
 // no IR, no LibTorch, so runtime tests and the compiler share it. Errors are returned as strings
 // (never thrown out of write()/serialize()).
 //

@@ -285,13 +285,19 @@ int Loader::tensors(uint32_t flags) {
       else if (e.shape[d] != 0) dims_ok = false;
     }
     if (const char* why = fmt::qflags_problem(t.dtype, e.flags)) {
-      // An unknown scale format may be a later minor version's addition: unsupported, not corrupt.
-      const bool unknown_sf = fmt::dtype_is_generic_quant(t.dtype) && (e.flags >> 16) == 0 &&
-                              uint32_t(fmt::qflags_scale(e.flags)) > 1u;
-      return fail(unknown_sf ? KERF_ERR_UNSUPPORTED : KERF_ERR_CORRUPT,
+      // An unknown scale format or layout may be a later minor version's addition: unsupported, not
+      // corrupt.
+      const bool unknown = fmt::dtype_is_generic_quant(t.dtype) &&
+                           (uint32_t(fmt::qflags_scale(e.flags)) > 1u || uint32_t(fmt::qflags_layout(e.flags)) > 1u);
+      return fail(unknown ? KERF_ERR_UNSUPPORTED : KERF_ERR_CORRUPT,
                   strf("tensor '%.*s' (#%u, table offset %llu): invalid flags 0x%08x for dtype %s: %s", nl, nm, i,
                        (unsigned long long)eoff, e.flags, fmt::dtype_name(t.dtype), why));
     }
+    if (fmt::dtype_is_generic_quant(t.dtype) && fmt::qflags_layout(e.flags) == fmt::Layout::kTiled &&
+        e.group_size % fmt::kTileBlock != 0)
+      return fail(KERF_ERR_CORRUPT, strf("tensor '%.*s' (#%u, table offset %llu): group_size %u with the tiled layout "
+                                         "(flags 0x%08x) must be a multiple of %u", nl, nm, i, (unsigned long long)eoff,
+                                         e.group_size, e.flags, unsigned(fmt::kTileBlock)));
     uint64_t want = 0;
     if (!dims_ok || !fmt::tensor_payload_bytes(t.dtype, e.rank, e.shape, e.group_size, &want, e.flags))
       return fail(KERF_ERR_CORRUPT, strf("tensor '%.*s' (#%u, table offset %llu): invalid %s rank %u shape [%lld, %lld, %lld, "
@@ -487,7 +493,7 @@ int Loader::check_op(OpInfo& op, uint64_t op_off, std::vector<uint8_t>& defined)
   auto w = [&](size_t k) -> const TensorInfo& { return m->tensors[op.inputs[k] & ~fmt::kRefTensorBit]; };
   auto width = [&](size_t k) -> int64_t { return m->values[op.inputs[k]].width; };
   const int64_t out_w = m->values[op.output].width;
-  auto matrix_dtype_ok = [](fmt::DType t) {  // plain float or any quantized dtype (kernels: dequant_row)
+  auto matrix_dtype_ok = [](fmt::DType t) {  // plain float or any quantized dtype, plain or tiled layout
     return t == fmt::DType::kF32 || t == fmt::DType::kF16 || t == fmt::DType::kBF16 || fmt::dtype_is_quantized(t);
   };
   auto need_matrix = [&](size_t k, int64_t rows, int64_t cols, const char* role) -> int {
@@ -506,8 +512,12 @@ int Loader::check_op(OpInfo& op, uint64_t op_off, std::vector<uint8_t>& defined)
       return need_matrix(1, m->vocab, out_w, "table");
     case fmt::OpCode::kRMSNorm: {
       const TensorInfo& t = w(1);
-      if (t.dtype != fmt::DType::kF32 && t.dtype != fmt::DType::kF16 && t.dtype != fmt::DType::kBF16)
-        return fail(KERF_ERR_UNSUPPORTED, label + strf(": weight dtype %s unsupported", fmt::dtype_name(t.dtype)));
+      if (t.dtype != fmt::DType::kF32 && t.dtype != fmt::DType::kF16 && t.dtype != fmt::DType::kBF16) {
+        char prec[64];  // e.g. a quantized or tiled tensor: only Embedding, Linear and GatedFFN read those
+        fmt::describe_qtype(t.dtype, t.flags, t.group_size, prec, sizeof prec);
+        return fail(KERF_ERR_UNSUPPORTED, label + strf(": weight tensor '%.*s' has unsupported precision %s (f32, f16 or "
+                                                       "bf16 only)", int(t.name.size()), t.name.data(), prec));
+      }
       if (t.rank != 1 || t.shape[0] != width(0) || out_w != width(0))
         return corrupt(strf("weight must be [%lld] like the input and output widths", (long long)width(0)));
       if (!(op.eps > 0.0) || !std::isfinite(op.eps)) return corrupt("eps must be > 0");

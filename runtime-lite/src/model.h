@@ -11,6 +11,7 @@
 
 #include "kerf/format.h"
 #include "kerf/kerf.h"
+#include "threadpool.h"
 
 namespace kerf::rt {
 
@@ -74,6 +75,8 @@ struct Tokenizer {
   int32_t bos = 1, eos = 2;
 };
 
+struct QKernels;  // qkernels.h (which includes this header)
+
 }  // namespace kerf::rt
 
 struct kerf_model {
@@ -92,6 +95,7 @@ struct kerf_model {
   std::string piece_buf;  ///< kerf_token_to_piece's per-model buffer (byte pieces)
   std::vector<std::string> meta_keys, tensor_names;  ///< NUL-terminated copies for introspection (filled by the loader)
   std::vector<std::string> tensor_precisions;        ///< fmt::describe_qtype of each tensor (filled by the loader)
+  const kerf::rt::QKernels* qk = nullptr;            ///< integer kernels for tiled weights (kerf_model_open)
 
   const kerf::rt::MetaInfo* find_meta(std::string_view key) const;
 };
@@ -120,13 +124,68 @@ bool parse_tokenizer(const uint8_t* data, uint64_t size, int vocab, Tokenizer* t
 
 }  // namespace kerf::rt
 
+namespace kerf::rt {
+
+/// Heap bytes aligned to 64 (the int8 activations need it; cache lines for the rest). Allocation
+/// failure is a status, not an abort.
+struct AlignedBuf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  AlignedBuf() = default;
+  AlignedBuf(const AlignedBuf&) = delete;
+  AlignedBuf& operator=(const AlignedBuf&) = delete;
+  AlignedBuf(AlignedBuf&& o) noexcept : p(o.p), bytes(o.bytes) { o.p = nullptr; o.bytes = 0; }
+  AlignedBuf& operator=(AlignedBuf&& o) noexcept;
+  ~AlignedBuf();
+  /// Ensures room for `n` bytes (contents not kept when it grows); false on allocation failure.
+  bool reserve(size_t n);
+  /// Allocates `n` zeroed bytes; false on failure.
+  bool zeros(size_t n);
+  template <class T>
+  T* as() const { return static_cast<T*>(p); }
+};
+
+/// An op with its weights, norm weight and RoPE table resolved once per session (executor.cpp).
+/// Only declared here: qkernels.h, which the plan needs, includes this header.
+struct OpPlan;
+
+/// cos / sin of one (head_dim, theta) for positions [0, filled) (rope_table_fill's layout).
+struct RopeTable {
+  int64_t head_dim = 0;
+  double theta = 0;
+  int64_t filled = 0;
+  AlignedBuf table;  ///< n_ctx * head_dim floats
+};
+
+/// Runs `s` with the scalar reference kernels on one thread (tests compare the fast kernels with
+/// them) and empties its KV cache. Returns false (nothing changed) when the session has an f16 KV
+/// cache.
+bool set_reference_kernels(kerf_session* s, bool on);
+
+}  // namespace kerf::rt
+
 struct kerf_session {
   const kerf_model* model = nullptr;
   int n_ctx = 0;
   int pos = 0;
-  std::vector<kerf::rt::FloatBuf> kcache, vcache;  ///< per Attention op: [n_ctx, G*Dh]
-  std::vector<kerf::rt::FloatBuf> vals;            ///< per value: [T, width]
-  kerf::rt::FloatBuf scratch;                      ///< op temporaries
-  size_t cap_tokens = 0;                           ///< T the value buffers hold
+  bool kv_f16 = false;                               ///< kerf_session_set_kv_type
+  std::vector<kerf::rt::AlignedBuf> kcache, vcache;  ///< per Attention op: [n_ctx, G*Dh] f32 or f16
+  std::vector<kerf::rt::FloatBuf> slots;           ///< activation buffers [T, slot_width]; values whose
+                                                   ///< lifetimes do not overlap share one (build_plan)
+  std::vector<int64_t> slot_width;
+  std::vector<int> slot_of;                        ///< per value: its slot (-1: the token ids)
+  std::vector<float*> vals;                        ///< per value: its slot's buffer
+  size_t cap_tokens = 0;                           ///< T the value buffers and the scratch hold
   std::vector<int32_t> tokens;
+  std::vector<kerf::rt::OpPlan> plan;              ///< per op of the program
+  std::vector<kerf::rt::FloatBuf> norm_copies;     ///< f32 copies of non-f32 RMSNorm weights
+  std::vector<kerf::rt::RopeTable> rope;
+  kerf::rt::AlignedBuf qacts;                      ///< int8 activations of one op input: [T][KB*32] q, d, sum
+  kerf::rt::AlignedBuf hidden;                     ///< GatedFFN: h1, h3 [T, F] each
+  kerf::rt::AlignedBuf per_thread;                 ///< n_threads x thread_floats: row buffer, attention scores
+  size_t thread_floats = 0;
+  int64_t max_kb = 0, max_cols = 0, max_ffn = 0;   ///< sizes of the scratch above per token
+  kerf::rt::ThreadPool pool;                       ///< kerf_session_set_threads
+  bool reference = false;                          ///< kerf::rt::set_reference_kernels
+  kerf::rt::FloatBuf scratch;                      ///< reference kernels' temporaries
 };

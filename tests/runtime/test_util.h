@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/artifact/pack.h"
 #include "formats/artifact/writer.h"
 #include "kerf/format.h"
 #include "kerf/kerf.h"
@@ -27,6 +28,12 @@ namespace kt {
 namespace fmt = kerf::fmt;
 namespace art = kerf::artifact;
 
+/// The IEEE-754 bit pattern of f (bit-exactness checks).
+inline uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
 inline std::string shared_path(const std::string& rel) { return std::string(KERF_SHARED_DIR) + "/" + rel; }
 inline std::string tok_path() { return shared_path("models/stories260K/tok512.bin"); }
 
@@ -472,17 +479,25 @@ inline GenericQ quantize_generic_q(fmt::DType dt, uint32_t bits, bool k6, int64_
   return q;
 }
 
-/// Matrix tensor in the requested dtype (`flags`: code bits / scale format of the generic dtypes).
+/// Matrix tensor in the requested dtype (`flags`: code bits / scale format of the generic dtypes;
+/// the tiled layout bits pack the quantized matrix with art::pack_tiled, and an unpackable one
+/// gets an empty payload, which the writer rejects by name).
 inline art::TensorRecord matrix(const std::string& name, int64_t rows, int64_t cols, const std::vector<float>& v,
                                 fmt::DType dt, uint32_t group, uint32_t flags = 0) {
   switch (dt) {
     case fmt::DType::kF16: return art::TensorRecord::from_f16(name, {rows, cols}, v);
     case fmt::DType::kQ8Sym: return quantize_q8_sym(name, rows, cols, group, v);
     case fmt::DType::kQ4Asym: return quantize_q4_asym(name, rows, cols, group, v);
-    case fmt::DType::kQSym: case fmt::DType::kQAsym: case fmt::DType::kTernary: case fmt::DType::kBinary:
-      return generic_record(name, quantize_generic_q(dt, fmt::qflags_bits(flags),
-                                                     fmt::qflags_scale(flags) == fmt::ScaleFormat::kK6, rows, cols,
-                                                     group, v));
+    case fmt::DType::kQSym: case fmt::DType::kQAsym: case fmt::DType::kTernary: case fmt::DType::kBinary: {
+      const bool k6 = fmt::qflags_scale(flags) == fmt::ScaleFormat::kK6;
+      art::TensorRecord plain =
+          generic_record(name, quantize_generic_q(dt, fmt::qflags_bits(flags), k6, rows, cols, group, v));
+      if (fmt::qflags_layout(flags) != fmt::Layout::kTiled) return plain;
+      art::TensorRecord tiled;
+      if (art::pack_tiled(plain, flags >> 24, &tiled, nullptr)) return tiled;
+      plain.payload.clear();
+      return plain;
+    }
     default: return art::TensorRecord::from_f32(name, {rows, cols}, v);
   }
 }

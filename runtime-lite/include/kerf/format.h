@@ -16,7 +16,7 @@ namespace kerf::fmt {
 
 inline constexpr char kMagic[8] = {'K', 'E', 'R', 'F', 'A', 'R', 'T', '\0'};
 inline constexpr uint16_t kVersionMajor = 1;  ///< bumped only for breaking changes
-inline constexpr uint16_t kVersionMinor = 1;  ///< 1.1: generic quantized dtypes (kQSym .. kBinary)
+inline constexpr uint16_t kVersionMinor = 2;  ///< 1.1: generic quantized dtypes (kQSym .. kBinary); 1.2: tiled layout
 inline constexpr uint64_t kDataAlign = 4096;  ///< data section start alignment (page, for mmap)
 inline constexpr uint64_t kTensorAlign = 64;  ///< each tensor payload's alignment within data
 inline constexpr uint32_t kMaxRank = 4;
@@ -102,11 +102,25 @@ enum class ScaleFormat : uint32_t {
   kK6 = 1,   ///< 6-bit per group and parameter under an f16 super-scale per 8 groups
 };
 inline constexpr uint32_t kK6GroupsPerSuper = 8;
+/// Weight layout of a generic quantized dtype (TensorEntry.flags bits 16-23, format 1.2).
+enum class Layout : uint32_t {
+  kPlain = 0,  ///< rows of codes, then the group parameters (section 6.3 of formats/SPEC.md)
+  kTiled = 1,  ///< row tiles x 32-column blocks, parameters next to their blocks (section 6.6)
+};
 /// TensorEntry.flags of a generic quantized dtype: bits 0-7 code bits b (kQSym / kQAsym: 2..8;
-/// kTernary / kBinary: 0), bits 8-15 ScaleFormat, bits 16-31 zero.
+/// kTernary / kBinary: 0), bits 8-15 ScaleFormat, bits 16-23 Layout, bits 24-31 log2 of the rows
+/// per tile R (kTiled: 0..4, i.e. R in {1, 2, 4, 8, 16}; kPlain: 0).
 inline constexpr uint32_t make_qflags(uint32_t bits, ScaleFormat sf) { return bits | (uint32_t(sf) << 8); }
+inline constexpr uint32_t make_qflags_tiled(uint32_t bits, ScaleFormat sf, uint32_t log2_rows) {
+  return bits | (uint32_t(sf) << 8) | (uint32_t(Layout::kTiled) << 16) | (log2_rows << 24);
+}
 inline constexpr uint32_t qflags_bits(uint32_t flags) { return flags & 0xffu; }
 inline constexpr ScaleFormat qflags_scale(uint32_t flags) { return ScaleFormat((flags >> 8) & 0xffu); }
+inline constexpr Layout qflags_layout(uint32_t flags) { return Layout((flags >> 16) & 0xffu); }
+/// Rows per tile R of a kTiled tensor (1 for kPlain).
+inline constexpr uint32_t qflags_tile_rows(uint32_t flags) { return 1u << ((flags >> 24) & 0xffu); }
+/// Columns per block of the tiled layout (the unit of the int8 dot products of runtime-lite).
+inline constexpr uint32_t kTileBlock = 32;
 
 inline const char* scale_format_name(ScaleFormat sf) {
   switch (sf) {
@@ -140,24 +154,28 @@ inline bool dtype_is_quantized(DType t) {
 }
 /// Whether `flags` is valid for `t`: 0 for every non-generic dtype; for the generic ones the
 /// QFlags rules (bits 2..8 for kQSym / kQAsym, 0 for kTernary / kBinary; scale format 0 or 1;
-/// upper 16 bits 0).
-inline bool qflags_valid(DType t, uint32_t flags) {
-  if (!dtype_is_generic_quant(t)) return flags == 0;
-  if ((flags >> 16) != 0 || uint32_t(qflags_scale(flags)) > 1u) return false;
-  const uint32_t b = qflags_bits(flags);
-  if (t == DType::kQSym || t == DType::kQAsym) return b >= 2 && b <= 8;
-  return b == 0;
-}
-/// Why `flags` is invalid for `t`, for error messages; nullptr when qflags_valid(t, flags).
+/// layout kPlain with bits 24-31 zero, or kTiled with log2 R <= 4, scale format f16 and, for
+/// kQSym / kQAsym, b in {2, 3, 4, 8}). The tiled layout also needs group_size % 32 == 0 (checked
+/// by tensor_payload_bytes(), which knows the group size).
 inline const char* qflags_problem(DType t, uint32_t flags) {
   if (!dtype_is_generic_quant(t)) return flags == 0 ? nullptr : "flags must be 0 for this dtype";
-  if ((flags >> 16) != 0) return "bits 16-31 must be 0";
   if (uint32_t(qflags_scale(flags)) > 1u) return "unknown scale format (bits 8-15 must be 0 = f16 or 1 = k6)";
   const uint32_t b = qflags_bits(flags);
-  if (t == DType::kQSym || t == DType::kQAsym)
-    return (b >= 2 && b <= 8) ? nullptr : "code bits (bits 0-7) must be 2..8";
-  return b == 0 ? nullptr : "code bits (bits 0-7) must be 0 for ternary / binary";
+  if (t == DType::kQSym || t == DType::kQAsym) {
+    if (b < 2 || b > 8) return "code bits (bits 0-7) must be 2..8";
+  } else if (b != 0) {
+    return "code bits (bits 0-7) must be 0 for ternary / binary";
+  }
+  const uint32_t layout = (flags >> 16) & 0xffu, lr = flags >> 24;
+  if (layout == uint32_t(Layout::kPlain)) return lr == 0 ? nullptr : "bits 24-31 must be 0 for the plain layout";
+  if (layout != uint32_t(Layout::kTiled)) return "unknown layout (bits 16-23 must be 0 = plain or 1 = tiled)";
+  if (lr > 4) return "tile rows (bits 24-31, log2) must be 0..4";
+  if (qflags_scale(flags) != ScaleFormat::kF16) return "the tiled layout needs f16 scales";
+  if ((t == DType::kQSym || t == DType::kQAsym) && b != 2 && b != 3 && b != 4 && b != 8)
+    return "the tiled layout needs code bits 2, 3, 4 or 8";
+  return nullptr;
 }
+inline bool qflags_valid(DType t, uint32_t flags) { return qflags_problem(t, flags) == nullptr; }
 /// Bytes per row of the code array of a generic quantized dtype (0 for other dtypes).
 inline uint64_t qcode_row_bytes(DType t, uint64_t cols, uint32_t flags) {
   switch (t) {
@@ -211,6 +229,79 @@ inline QLayout qlayout(DType t, uint64_t rows, uint64_t cols, uint64_t g, uint32
   }
   return L;
 }
+/// Geometry of a kTiled payload (formats/SPEC.md section 6.6). The matrix is cut into NT =
+/// ceil(rows / R) tiles of R rows (the last one padded with zero rows) and each row into KB =
+/// ceil(cols / 32) blocks of 32 columns (the last one padded); a group of g columns (g % 32 == 0)
+/// is gpb = g / 32 blocks, ng = ceil(cols / g) groups per row, the last one may have fewer blocks.
+/// A tile is, for each group j in order: the group parameters of its R rows (s f16[R], then for
+/// kQAsym m f16[R]), then each block of the group: R rows x cb code bytes. Tiles are padded to
+/// tile_bytes, a multiple of 64, and follow each other. Block code bytes cb: b = 8: 32; b = 4: 16;
+/// b = 3: 12; b = 2 and ternary: 8; binary: 4.
+struct TiledLayout {
+  uint64_t R = 0, KB = 0, gpb = 0, ng = 0, NT = 0;
+  uint64_t cb = 0;          ///< code bytes of one row in one block
+  uint64_t param_bytes = 0; ///< bytes of one group's parameters in a tile: R * 2 * (kQAsym ? 2 : 1)
+  uint64_t group_bytes = 0; ///< param_bytes + gpb * R * cb: stride between groups within a tile
+  uint64_t tile_bytes = 0;  ///< multiple of 64
+  uint64_t bytes = 0;       ///< NT * tile_bytes
+  /// Offset of group j's parameters from the tile start (scales; mins follow at + 2 R).
+  uint64_t param_offset(uint64_t j) const { return j * group_bytes; }
+  /// Offset of block kb's codes (row 0 of the tile; row i at + i * cb) from the tile start.
+  uint64_t block_offset(uint64_t kb) const {
+    return (kb / gpb) * group_bytes + param_bytes + (kb % gpb) * R * cb;
+  }
+};
+/// Unpacks one row's 32-column block of the tiled layout (SPEC.md §6.6) into codes u[0..32).
+/// w: code width in bits — 8, 4, 3 or 2 for qsym / qasym, 2 for ternary, 1 for binary;
+/// src: the row's tiled_block_bytes() = 4·w bytes. Output: 0 <= u[e] < 2^w (unsigned codes, before the
+/// dtype's zero offset). The scalar definition of the layout; the SIMD kernels must agree with it.
+inline void tiled_get_block(uint32_t w, const uint8_t* src, uint8_t* u) {
+  uint32_t word = 0;  // bit e: bit 2 (w = 3) or bit 0 (w = 1) of u_e; little-endian
+  if (w == 3 || w == 1)
+    for (int k = 3; k >= 0; --k) word = word << 8 | src[(w == 3 ? 8 : 0) + k];
+  for (uint32_t e = 0; e < kTileBlock; ++e) {
+    switch (w) {
+      case 8: u[e] = src[e]; break;
+      case 4: u[e] = uint8_t((src[e % 16] >> (e < 16 ? 0 : 4)) & 15u); break;
+      case 3:
+      case 2: u[e] = uint8_t(((src[e % 8] >> (2 * (e / 8))) & 3u) | (w == 3 ? ((word >> e) & 1u) << 2 : 0u)); break;
+      default: u[e] = uint8_t((word >> e) & 1u); break;
+    }
+  }
+}
+/// Code bytes per row per 32-column block of the tiled layout (0 if `t`, `bits` have none).
+inline uint64_t tiled_block_bytes(DType t, uint32_t bits) {
+  if (t == DType::kTernary) return 8;
+  if (t == DType::kBinary) return 4;
+  if (t == DType::kQSym || t == DType::kQAsym) {
+    switch (bits) {
+      case 8: return 32;
+      case 4: return 16;
+      case 3: return 12;
+      case 2: return 8;
+      default: return 0;
+    }
+  }
+  return 0;
+}
+/// Assumes qflags_valid(t, flags) with the kTiled layout and g % 32 == 0; no overflow checks (see
+/// tensor_payload_bytes()).
+inline TiledLayout tiled_layout(DType t, uint64_t rows, uint64_t cols, uint64_t g, uint32_t flags) {
+  TiledLayout L;
+  L.R = qflags_tile_rows(flags);
+  L.KB = (cols + kTileBlock - 1) / kTileBlock;
+  L.gpb = g / kTileBlock;
+  L.ng = (cols + g - 1) / g;
+  L.NT = (rows + L.R - 1) / L.R;
+  L.cb = tiled_block_bytes(t, qflags_bits(flags));
+  L.param_bytes = L.R * 2 * qparam_arrays(t);
+  L.group_bytes = L.param_bytes + L.gpb * L.R * L.cb;
+  const uint64_t raw = L.ng * L.param_bytes + L.KB * L.R * L.cb;
+  L.tile_bytes = (raw + 63) / 64 * 64;
+  L.bytes = L.NT * L.tile_bytes;
+  return L;
+}
+
 inline uint32_t dtype_elem_size(DType t) {  // plain types only
   switch (t) {
     case DType::kF32: case DType::kI32: return 4;
@@ -226,7 +317,10 @@ inline uint64_t quant_payload_bytes(DType t, uint64_t rows, uint64_t cols, uint6
   const uint64_t ng = (cols + g - 1) / g;
   if (t == DType::kQ4Asym) return rows * ((cols + 1) / 2) + 4 * rows * ng;
   if (t == DType::kQ8Sym) return rows * cols + 2 * rows * ng;
-  if (dtype_is_generic_quant(t)) return rows * qcode_row_bytes(t, cols, flags) + qparam_bytes(t, rows * ng, flags);
+  if (dtype_is_generic_quant(t)) {
+    if (qflags_layout(flags) == Layout::kTiled) return tiled_layout(t, rows, cols, g, flags).bytes;
+    return rows * qcode_row_bytes(t, cols, flags) + qparam_bytes(t, rows * ng, flags);
+  }
   return 0;
 }
 
@@ -357,10 +451,13 @@ inline bool tensor_payload_bytes(DType t, uint32_t rank, const int64_t* shape, u
     if (shape[i] < 1 || uint64_t(shape[i]) > kMaxDim) return false;
   if (dtype_is_quantized(t)) {
     if (rank != 2 || group_size < 1) return false;
+    if (qflags_layout(flags) == Layout::kTiled && group_size % kTileBlock != 0) return false;
     const uint64_t rows = uint64_t(shape[0]), cols = uint64_t(shape[1]);  // each <= 2^40
     const uint64_t ng = (cols + group_size - 1) / group_size;
     // rows * (cols + 4 ng) <= 2^40 * 5 * 2^40 overflows, so check the factors first.
-    const uint64_t per_row = cols + 4 * ng;  // >= code bytes + parameter bytes per row, all dtypes
+    // >= code bytes + parameter bytes per row, all dtypes; the tiled layout pads a row to whole
+    // 32-column blocks and a tile to 64 bytes (at most 64 bytes a row)
+    const uint64_t per_row = cols + 4 * ng + 2 * kTileBlock + 64;
     if (per_row != 0 && rows > kLimit / per_row) return false;
     *out = quant_payload_bytes(t, rows, cols, group_size, flags);
     return true;
@@ -378,7 +475,8 @@ inline bool tensor_payload_bytes(DType t, uint32_t rank, const int64_t* shape, u
 
 /// Human-readable precision of a tensor into buf (NUL-terminated, truncated to n; returns buf):
 ///   plain: "f32";  q8_sym / q4_asym: "q4_asym g32";
-///   generic: "qsym3/k6 g32", "qasym4/f16 g32", "ternary/k6 g64", "binary/f16 g32";
+///   generic: "qsym3/k6 g32", "qasym4/f16 g32", "ternary/k6 g64", "binary/f16 g32"; tiled layout
+///   adds " tR" (rows per tile): "qsym4/f16 g32 t4";
 ///   flags invalid for the dtype: "qsym(flags 0x00000109) g32".
 inline const char* describe_qtype(DType t, uint32_t flags, uint32_t group, char* buf, size_t n) {
   if (!buf || n == 0) return buf;
@@ -391,6 +489,10 @@ inline const char* describe_qtype(DType t, uint32_t flags, uint32_t group, char*
       std::snprintf(buf, n, "%s%u/%s g%u", name, unsigned(qflags_bits(flags)), sf, unsigned(group));
     else
       std::snprintf(buf, n, "%s/%s g%u", name, sf, unsigned(group));
+    if (qflags_layout(flags) == Layout::kTiled) {  // e.g. "qsym4/f16 g32 t4"
+      const size_t used = std::strlen(buf);
+      if (used + 1 < n) std::snprintf(buf + used, n - used, " t%u", unsigned(qflags_tile_rows(flags)));
+    }
   } else if (dtype_is_quantized(t)) {
     std::snprintf(buf, n, "%s g%u", name, unsigned(group));
   } else {
