@@ -2,10 +2,12 @@
 // executor.cpp, tokenizer functions in tokenizer.cpp, the sampler in sampler.cpp.
 #include <sys/mman.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "model.h"
+#include "qkernels.h"
 
 extern "C" {
 
@@ -24,9 +26,35 @@ int kerf_model_open(const char* path, uint32_t flags, kerf_model** out, char* er
   }
   std::string msg;
   const int rc = kerf::rt::load_model(path, flags, out, &msg);
-  if (rc != KERF_OK) set_err(msg);
-  else set_err("");
-  return rc;
+  if (rc != KERF_OK) {
+    set_err(msg);
+    return rc;
+  }
+  (*out)->qk = kerf::rt::qkernels_best();
+  if (!(*out)->qk) {
+    const char* isa = std::getenv("KERF_ISA");
+    set_err(std::string(path) + ": KERF_ISA=" + (isa ? isa : "") +
+            " names an instruction set that is unknown or that this build or CPU lacks (known: scalar, avx2, "
+            "avx512vnni, neon, neondot; unset KERF_ISA for the best available)");
+    kerf_model_close(*out);
+    *out = nullptr;
+    return KERF_ERR_UNSUPPORTED;
+  }
+  set_err("");
+  return KERF_OK;
+}
+
+const char* kerf_model_isa(const kerf_model* m) { return m && m->qk ? kerf::rt::isa_name(m->qk->isa) : nullptr; }
+
+int kerf_model_op_info(const kerf_model* m, int index, kerf_op_info* out) {
+  if (!m || !out || index < 0 || size_t(index) >= m->ops.size()) return KERF_ERR_ARGUMENT;
+  const kerf::rt::OpInfo& op = m->ops[size_t(index)];
+  out->op = kerf::fmt::op_name(op.op);
+  out->n_tensors = 0;
+  for (uint32_t ref : op.inputs)
+    if ((ref & kerf::fmt::kRefTensorBit) && out->n_tensors < 4)
+      out->tensors[out->n_tensors++] = int(ref & ~kerf::fmt::kRefTensorBit);
+  return KERF_OK;
 }
 
 void kerf_model_close(kerf_model* m) {

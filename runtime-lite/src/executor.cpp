@@ -1,27 +1,422 @@
-// Executor: sessions (KV caches, activation buffers) and the interpreter of the program's ops.
+// Executor: sessions (KV caches, activation buffers, worker threads) and the interpreter of the
+// program's ops. The fast path runs the kernels of kernels.h / qkernels.h in parallel regions of the
+// session's thread pool; the reference path (set_reference_kernels, for tests) runs the scalar
+// reference kernels on one thread.
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 
 #include "kernels.h"
 #include "model.h"
+#include "qkernels.h"
 
 using kerf::fmt::OpCode;
-using kerf::rt::FloatBuf;
+namespace fmt = kerf::fmt;
+using kerf::rt::AlignedBuf;
 using kerf::rt::OpInfo;
+using kerf::rt::OpPlan;
+
+namespace kerf::rt {
+
+struct MatPlan {
+  WeightView w;
+  TiledView tv;        ///< valid when tiled
+  bool tiled = false;  ///< kTiled layout: int8 activations and QKernels::gemm
+  int64_t grain = 16;  ///< a thread's rows are a multiple of this (R when tiled)
+};
+
+struct OpPlan {
+  MatPlan mat[3];               ///< Embedding: table; Linear: weight; GatedFFN: w1, w3, w2
+  const float* norm = nullptr;  ///< RMSNorm: f32 weight (in the mapping or kerf_session::norm_copies)
+  int rope = -1;                ///< Rotary: index into kerf_session::rope
+  bool last_only = false;       ///< when only the last row of the program output is wanted, only the
+                                ///< last row of this op's output is read (mark_last_only)
+  int group = 1;                ///< Linear: ops this one runs (itself and the next group - 1); 0: run
+                                ///< by an earlier op (group_linears)
+};
+
+AlignedBuf& AlignedBuf::operator=(AlignedBuf&& o) noexcept {
+  if (this != &o) {
+    std::free(p);
+    p = o.p;
+    bytes = o.bytes;
+    o.p = nullptr;
+    o.bytes = 0;
+  }
+  return *this;
+}
+AlignedBuf::~AlignedBuf() { std::free(p); }
+bool AlignedBuf::reserve(size_t n) {
+  if (n <= bytes && p) return true;
+  std::free(p);
+  p = nullptr;
+  bytes = 0;
+  const size_t rounded = (std::max<size_t>(n, 1) + 63) / 64 * 64;
+  if (rounded < n || posix_memalign(&p, 64, rounded) != 0) {
+    p = nullptr;
+    return false;
+  }
+  bytes = rounded;
+  return true;
+}
+bool AlignedBuf::zeros(size_t n) {
+  std::free(p);
+  p = nullptr;
+  bytes = 0;
+  if (!reserve(n)) return false;
+  std::memset(p, 0, bytes);
+  return true;
+}
+
+bool set_reference_kernels(kerf_session* s, bool on) {
+  if (!s || (on && s->kv_f16)) return false;
+  s->reference = on;
+  s->cap_tokens = 0;  // the reference path sizes its own scratch
+  s->pos = 0;         // and lays out its KV cache position-major
+  return true;
+}
+
+}  // namespace kerf::rt
 
 namespace {
 
-/// Scratch floats an evaluation of T tokens needs (see the op cases in run_op).
-size_t scratch_floats(const kerf_model* m, size_t T, size_t n_ctx) {
+using namespace kerf::rt;
+
+/// An op below this many multiply-adds (or elements, for the per-token ops) runs on the calling
+/// thread: a parallel region costs ~1-2 us of dispatch and join when the workers are spinning, about
+/// the time one core needs for 64K multiply-adds of a quantized matrix.
+constexpr int64_t kMinParallelWork = int64_t(1) << 16;
+
+int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+/// Most Linear ops one group runs (q, k, v: 3).
+constexpr int kMaxGroup = 4;
+
+// ---------------------------------------------------------------- plan
+
+MatPlan mat_plan(const TensorInfo& t) {
+  MatPlan mp;
+  mp.w = t.view();
+  mp.tiled = tiled_view(mp.w, &mp.tv);
+  if (mp.tiled) mp.grain = int64_t(mp.tv.L.R);
+  return mp;
+}
+
+/// Weights, norm weights and RoPE tables of op i; the per-token scratch sizes.
+int resolve_op(kerf_session* s, size_t i) {
+  const kerf_model* m = s->model;
+  const OpInfo& op = m->ops[i];
+  OpPlan& p = s->plan[i];
+  int nmat = 0;
+  for (uint32_t ref : op.inputs) {
+    if (!(ref & fmt::kRefTensorBit)) continue;
+    const TensorInfo& t = m->tensors[ref & ~fmt::kRefTensorBit];
+    if (op.op == OpCode::kRMSNorm) {
+      if (t.dtype == fmt::DType::kF32) {
+        p.norm = reinterpret_cast<const float*>(t.data);  // payloads are 64-byte aligned in the mapping
+      } else {
+        s->norm_copies.emplace_back();
+        FloatBuf& c = s->norm_copies.back();
+        if (!c.reserve(size_t(t.shape[0]))) return KERF_ERR_MEMORY;
+        dequant_row(t.view(), 0, c.p);
+        p.norm = c.p;
+      }
+      continue;
+    }
+    MatPlan& mp = p.mat[nmat++];
+    mp = mat_plan(t);
+    s->max_cols = std::max(s->max_cols, mp.w.cols);
+    if (mp.tiled) s->max_kb = std::max(s->max_kb, int64_t(mp.tv.L.KB));
+    if (op.op == OpCode::kGatedFFN && nmat == 1) s->max_ffn = std::max(s->max_ffn, mp.w.rows);
+  }
+  if (op.op == OpCode::kRotary) {
+    auto it = std::find_if(s->rope.begin(), s->rope.end(),
+                           [&](const RopeTable& r) { return r.head_dim == op.head_dim && r.theta == op.theta; });
+    if (it == s->rope.end()) {
+      s->rope.emplace_back();
+      RopeTable& r = s->rope.back();
+      r.head_dim = op.head_dim;
+      r.theta = op.theta;
+      if (!r.table.reserve(size_t(s->n_ctx) * size_t(op.head_dim) * sizeof(float))) return KERF_ERR_MEMORY;
+      it = s->rope.end() - 1;
+    }
+    p.rope = int(it - s->rope.begin());
+  }
+  return KERF_OK;
+}
+
+/// Rows needed, last op first: an op is last-only when no later op needs all rows of its output;
+/// then it needs only the last row of its inputs, except Attention's k and v, which the KV cache
+/// keeps for every position.
+void mark_last_only(kerf_session* s) {
+  const kerf_model* m = s->model;
+  std::vector<char> need_all(m->values.size(), 0);
+  for (size_t i = m->ops.size(); i-- > 0;) {
+    const OpInfo& op = m->ops[i];
+    const bool lo = !need_all[op.output];
+    s->plan[i].last_only = lo;
+    for (size_t k = 0; k < op.inputs.size(); ++k)
+      if (!(op.inputs[k] & fmt::kRefTensorBit) && (!lo || (op.op == OpCode::kAttention && k > 0)))
+        need_all[op.inputs[k]] = 1;
+  }
+}
+
+/// Consecutive Linear ops reading the same value (q, k, v) run as one group: one quantization of
+/// the input, one parallel region. The first op of a group gets group = its size, the others 0.
+void group_linears(kerf_session* s) {
+  const kerf_model* m = s->model;
+  for (size_t i = 0; i < m->ops.size();) {
+    size_t j = i + 1;
+    if (m->ops[i].op == OpCode::kLinear)
+      while (j < m->ops.size() && j - i < size_t(kMaxGroup) && m->ops[j].op == OpCode::kLinear &&
+             m->ops[j].inputs[0] == m->ops[i].inputs[0] && s->plan[j].last_only == s->plan[i].last_only)
+        s->plan[j++].group = 0;
+    s->plan[i].group = int(j - i);
+    i = j;
+  }
+}
+
+/// Activation buffers: the outputs of an op (of a group) take free slots (the smallest wide enough,
+/// else the widest, grown), then the slots of the values read for the last time are freed. So an
+/// output never shares a buffer with an input, and the program output is never freed.
+void assign_slots(kerf_session* s) {
+  const kerf_model* m = s->model;
+  const size_t nv = m->values.size();
+  std::vector<size_t> last_use(nv, 0);  // the first op of the group that reads it last
+  for (size_t i = 0, lead = 0; i < m->ops.size(); ++i) {
+    if (s->plan[i].group > 0) lead = i;
+    for (uint32_t ref : m->ops[i].inputs)
+      if (!(ref & fmt::kRefTensorBit)) last_use[ref] = lead;
+  }
+  s->slot_of.assign(nv, -1);
+  s->slot_width.clear();
+  std::vector<int> free_slots;
+  auto take = [&](int64_t w) {
+    auto better = [&](int f, int b) {  // is free slot f a better home than b?
+      const int64_t wf = s->slot_width[size_t(f)], wb = s->slot_width[size_t(b)];
+      if ((wf >= w) != (wb >= w)) return wf >= w;
+      return wf >= w ? wf < wb : wf > wb;
+    };
+    int best = -1;
+    for (int f : free_slots)
+      if (best < 0 || better(f, best)) best = f;
+    if (best < 0) {
+      best = int(s->slot_width.size());
+      s->slot_width.push_back(0);
+    } else {
+      free_slots.erase(std::find(free_slots.begin(), free_slots.end(), best));
+    }
+    s->slot_width[size_t(best)] = std::max(s->slot_width[size_t(best)], w);
+    return best;
+  };
+  auto release = [&](uint32_t v) {
+    const int sl = s->slot_of[v];
+    if (v != m->output_value && sl >= 0 && std::find(free_slots.begin(), free_slots.end(), sl) == free_slots.end())
+      free_slots.push_back(sl);
+  };
+  for (size_t i = 0; i < m->ops.size(); ++i) {
+    const size_t g = size_t(s->plan[i].group);
+    for (size_t k = i; k < i + g; ++k) s->slot_of[m->ops[k].output] = take(m->values[m->ops[k].output].width);
+    for (size_t k = i; k < i + g; ++k) {
+      for (uint32_t ref : m->ops[k].inputs)
+        if (!(ref & fmt::kRefTensorBit) && last_use[ref] == i) release(ref);
+      if (last_use[m->ops[k].output] <= i) release(m->ops[k].output);  // never read
+    }
+  }
+  s->slots.resize(s->slot_width.size());
+  s->vals.assign(nv, nullptr);
+}
+
+int build_plan(kerf_session* s) {
+  s->plan.assign(s->model->ops.size(), OpPlan{});
+  for (size_t i = 0; i < s->plan.size(); ++i)
+    if (const int rc = resolve_op(s, i); rc != KERF_OK) return rc;
+  mark_last_only(s);
+  group_linears(s);
+  assign_slots(s);
+  s->thread_floats = size_t(round16(s->max_cols) + round16(s->n_ctx));
+  return KERF_OK;
+}
+
+/// KV caches of `kv_f16` elements into k, v (one pair per Attention op).
+bool alloc_kv(const kerf_model* m, int n_ctx, bool kv_f16, std::vector<AlignedBuf>* k, std::vector<AlignedBuf>* v) {
+  k->clear();
+  v->clear();
+  k->resize(size_t(m->n_attention));
+  v->resize(size_t(m->n_attention));
+  for (const OpInfo& op : m->ops) {
+    if (op.op != OpCode::kAttention) continue;
+    const size_t n = size_t(n_ctx) * size_t(op.n_kv_heads * op.head_dim) * (kv_f16 ? 2 : 4);
+    if (!(*k)[size_t(op.kv_slot)].zeros(n) || !(*v)[size_t(op.kv_slot)].zeros(n)) return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- fast path
+
+struct Exec {
+  kerf_session* s;
+  int64_t T, pos0;
+  bool last;  ///< only the last row of the program output is wanted
+
+  float* row_buf(int tid) const { return s->per_thread.as<float>() + size_t(tid) * s->thread_floats; }
+  float* scores(int tid) const { return row_buf(tid) + round16(s->max_cols); }
+
+  /// f(begin, end, tid) over [0, n) on the session's threads when `work` is worth a region.
+  template <class F>
+  void par(int64_t n, int64_t grain, int64_t work, const F& f) const {
+    if (work < kMinParallelWork || s->pool.size() == 1) f(int64_t(0), n, 0);
+    else s->pool.parallel_for(n, grain, f);
+  }
+
+  /// x: [T, K] as int8 blocks in the session's buffer (tokens split across threads when large).
+  QActs quantize(const float* x, int64_t T, int64_t K) const {
+    QActs a;
+    a.T = T;
+    a.KB = (K + 31) / 32;
+    const size_t nb = size_t(T * a.KB), qbytes = (nb * 32 + 63) / 64 * 64, dbytes = (nb * 4 + 63) / 64 * 64;
+    uint8_t* base = s->qacts.as<uint8_t>();
+    a.q = reinterpret_cast<int8_t*>(base);
+    a.d = reinterpret_cast<float*>(base + qbytes);
+    a.sum = reinterpret_cast<int32_t*>(base + qbytes + dbytes);
+    const QKernels* qk = s->model->qk;
+    par(T, 1, T * K, [&](int64_t b, int64_t e, int) {
+      QActs sub{e - b, a.KB, a.q + b * a.KB * 32, a.d + b * a.KB, a.sum + b * a.KB};
+      qk->quantize_acts(x + b * K, e - b, K, &sub);
+    });
+    return a;
+  }
+
+  /// Rows [r0, r1) of y = W x (r0 a multiple of mp.grain): gemm over the row tiles, or plain rows.
+  void mat_rows(const MatPlan& mp, const float* x, const QActs& a, int64_t T, int64_t r0, int64_t r1, float* y,
+                int tid) const {
+    if (mp.tiled) {
+      const int64_t R = mp.grain;
+      s->model->qk->gemm(mp.tv, a, r0 / R, (r1 + R - 1) / R, y, mp.w.rows);
+    } else {
+      linear_rows(mp.w, x, T, r0, r1, y, mp.w.rows, row_buf(tid));
+    }
+  }
+
+  /// ys[k] = W_k x for the n <= kMaxGroup matrices (one input x: [T, K], quantized once), in one
+  /// region over their concatenated row units (tiles; 16-row blocks of plain matrices).
+  void linears(const MatPlan* const* mats, float* const* ys, int n, const float* x, int64_t T) const {
+    int64_t start[kMaxGroup + 1] = {0}, macs = 0;
+    bool tiled = false;
+    for (int k = 0; k < n; ++k) {
+      const MatPlan& mp = *mats[k];
+      start[k + 1] = start[k] + (mp.w.rows + mp.grain - 1) / mp.grain;
+      macs += T * mp.w.rows * mp.w.cols;
+      tiled = tiled || mp.tiled;
+    }
+    const QActs a = tiled ? quantize(x, T, mats[0]->w.cols) : QActs{};
+    par(start[n], 1, macs, [&](int64_t b, int64_t e, int tid) {
+      for (int k = 0; k < n; ++k) {
+        const MatPlan& mp = *mats[k];
+        const int64_t u0 = std::max(b, start[k]) - start[k], u1 = std::min(e, start[k + 1]) - start[k];
+        if (u0 < u1) mat_rows(mp, x, a, T, u0 * mp.grain, std::min(u1 * mp.grain, mp.w.rows), ys[k], tid);
+      }
+    });
+  }
+
+  void run(size_t i) const {
+    const kerf_model* m = s->model;
+    const OpInfo& op = m->ops[i];
+    const OpPlan& p = s->plan[i];
+    if (p.group == 0) return;  // run by its group's first op
+    const bool lo = last && p.last_only;
+    const int64_t r0 = lo ? T - 1 : 0, n = T - r0;  // rows computed: [r0, T)
+    auto width = [&](size_t k) -> int64_t { return m->values[op.inputs[k]].width; };
+    const int64_t out_w = m->values[op.output].width;
+    auto in = [&](size_t k) -> const float* { return s->vals[op.inputs[k]] + r0 * width(k); };
+    float* out = s->vals[op.output] + r0 * out_w;
+    switch (op.op) {
+      case OpCode::kEmbedding: {
+        const MatPlan& mp = p.mat[0];
+        for (int64_t t = r0; t < T; ++t, out += out_w) {
+          if (mp.tiled) dequant_row_tiled(mp.tv, s->tokens[size_t(t)], out);
+          else dequant_row_fast(mp.w, s->tokens[size_t(t)], out);
+        }
+        break;
+      }
+      case OpCode::kRMSNorm: {
+        const float* x = in(0);
+        par(n, 1, n * out_w, [&](int64_t b, int64_t e, int) {
+          rmsnorm_fast(x + b * out_w, p.norm, e - b, out_w, op.eps, out + b * out_w);
+        });
+        break;
+      }
+      case OpCode::kLinear: {
+        const MatPlan* mats[kMaxGroup];
+        float* ys[kMaxGroup];
+        for (int k = 0; k < p.group; ++k) {
+          mats[k] = &s->plan[i + size_t(k)].mat[0];
+          ys[k] = s->vals[m->ops[i + size_t(k)].output] + r0 * mats[k]->w.rows;
+        }
+        linears(mats, ys, p.group, in(0), n);
+        break;
+      }
+      case OpCode::kRotary: {
+        const float* x = in(0);
+        const float* table = s->rope[size_t(p.rope)].table.as<float>();
+        par(n, 1, n * out_w, [&](int64_t b, int64_t e, int) {
+          rotary_fast(x + b * out_w, out + b * out_w, e - b, out_w, op.head_dim, op.interleaved != 0, pos0 + r0 + b,
+                      table);
+        });
+        break;
+      }
+      case OpCode::kAttention: {
+        const AttnShape sh{op.n_heads, op.n_kv_heads, op.head_dim, op.scale, op.causal != 0};
+        const KVView kv{s->kcache[size_t(op.kv_slot)].p, s->vcache[size_t(op.kv_slot)].p, s->kv_f16, op.n_kv_heads,
+                        op.head_dim, s->n_ctx};
+        kv_store(kv, s->vals[op.inputs[1]], s->vals[op.inputs[2]], T, pos0);  // every row: the cache keeps them
+        const float* q = in(0);
+        const int64_t n_kv = pos0 + T, items = op.n_heads * n;
+        par(items, 1, 2 * items * n_kv * op.head_dim, [&](int64_t b, int64_t e, int tid) {  // q.k and p.v
+          attention_fast(sh, q, n, pos0 + r0, n_kv, kv, b, e, out, scores(tid));
+        });
+        break;
+      }
+      case OpCode::kGatedFFN: {
+        const MatPlan &w1 = p.mat[0], &w3 = p.mat[1], &w2 = p.mat[2];
+        const int64_t F = w1.w.rows, D = w1.w.cols;
+        float* h1 = s->hidden.as<float>();
+        float* h3 = h1 + n * F;
+        const float* x = in(0);
+        const QActs a = w1.tiled || w3.tiled ? quantize(x, n, D) : QActs{};
+        // w1 and w3 rows, then the gate on the same columns, in one region.
+        par(F, std::max(w1.grain, w3.grain), 2 * n * F * D, [&](int64_t b, int64_t e, int tid) {
+          mat_rows(w1, x, a, n, b, e, h1, tid);
+          mat_rows(w3, x, a, n, b, e, h3, tid);
+          for (int64_t t = 0; t < n; ++t) silu_mul_fast(h1 + t * F + b, h3 + t * F + b, e - b);
+        });
+        const MatPlan* w2p = &w2;
+        linears(&w2p, &out, 1, h1, n);
+        break;
+      }
+      case OpCode::kAdd: {
+        const float *a = in(0), *b2 = in(1);
+        par(n, 1, n * out_w, [&](int64_t b, int64_t e, int) {
+          add(a + b * out_w, b2 + b * out_w, out + b * out_w, (e - b) * out_w);
+        });
+        break;
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------- reference path
+
+/// Scratch floats the reference path needs for T tokens.
+size_t reference_scratch_floats(const kerf_model* m, size_t T, size_t n_ctx) {
   size_t need = n_ctx;  // attention scores
   for (const OpInfo& op : m->ops) {
-    const auto& w = [&](size_t k) -> const kerf::rt::TensorInfo& {
-      return m->tensors[op.inputs[k] & ~kerf::fmt::kRefTensorBit];
-    };
+    const auto& w = [&](size_t k) -> const TensorInfo& { return m->tensors[op.inputs[k] & ~fmt::kRefTensorBit]; };
     switch (op.op) {
       case OpCode::kLinear: need = std::max<size_t>(need, size_t(w(1).shape[1])); break;
-      case OpCode::kRMSNorm: need = std::max<size_t>(need, size_t(w(1).shape[0])); break;
       case OpCode::kGatedFFN: {
         const size_t F = size_t(w(1).shape[0]), D = size_t(w(1).shape[1]);
         need = std::max(need, 2 * T * F + std::max(D, F));
@@ -33,52 +428,36 @@ size_t scratch_floats(const kerf_model* m, size_t T, size_t n_ctx) {
   return need;
 }
 
-void run_op(kerf_session* s, const OpInfo& op, int64_t T, int64_t pos0) {
+void run_reference(kerf_session* s, const OpInfo& op, const OpPlan& p, int64_t T, int64_t pos0) {
   const kerf_model* m = s->model;
-  auto val = [&](size_t k) -> float* { return s->vals[op.inputs[k]].p; };
-  auto wv = [&](size_t k) { return m->tensors[op.inputs[k] & ~kerf::fmt::kRefTensorBit].view(); };
-  auto width = [&](size_t k) -> int64_t { return m->values[op.inputs[k]].width; };
-  float* out = s->vals[op.output].p;
+  auto val = [&](size_t k) -> float* { return s->vals[op.inputs[k]]; };
+  float* out = s->vals[op.output];
   const int64_t out_w = m->values[op.output].width;
   float* scratch = s->scratch.p;
   switch (op.op) {
-    case OpCode::kEmbedding:
-      kerf::rt::embedding(wv(1), s->tokens.data(), T, out);
-      break;
-    case OpCode::kRMSNorm: {
-      const kerf::rt::WeightView w = wv(1);
-      kerf::rt::dequant_row(w, 0, scratch);
-      kerf::rt::rmsnorm(val(0), scratch, T, width(0), op.eps, out);
-      break;
-    }
-    case OpCode::kLinear:
-      kerf::rt::linear(wv(1), val(0), T, out, scratch);
-      break;
+    case OpCode::kEmbedding: embedding(p.mat[0].w, s->tokens.data(), T, out); break;
+    case OpCode::kRMSNorm: rmsnorm(val(0), p.norm, T, out_w, op.eps, out); break;
+    case OpCode::kLinear: linear(p.mat[0].w, val(0), T, out, scratch); break;
     case OpCode::kRotary:
       std::memcpy(out, val(0), size_t(T * out_w) * sizeof(float));
-      kerf::rt::rotary(out, T, out_w, op.head_dim, op.theta, op.interleaved != 0, pos0);
+      rotary(out, T, out_w, op.head_dim, op.theta, op.interleaved != 0, pos0);
       break;
     case OpCode::kAttention: {
-      const kerf::rt::AttnShape sh{op.n_heads, op.n_kv_heads, op.head_dim, op.scale, op.causal != 0};
-      kerf::rt::attention(sh, val(0), val(1), val(2), T, pos0, s->kcache[op.kv_slot].p, s->vcache[op.kv_slot].p, out,
-                          scratch);
+      const AttnShape sh{op.n_heads, op.n_kv_heads, op.head_dim, op.scale, op.causal != 0};
+      attention(sh, val(0), val(1), val(2), T, pos0, s->kcache[size_t(op.kv_slot)].as<float>(),
+                s->vcache[size_t(op.kv_slot)].as<float>(), out, scratch);
       break;
     }
     case OpCode::kGatedFFN: {
-      const kerf::rt::WeightView w1 = wv(1), w3 = wv(2), w2 = wv(3);
-      const int64_t F = w1.rows;
-      float* h1 = scratch;
-      float* h3 = scratch + T * F;
-      float* row = scratch + 2 * T * F;
-      kerf::rt::linear(w1, val(0), T, h1, row);
-      kerf::rt::linear(w3, val(0), T, h3, row);
-      kerf::rt::silu_mul(h1, h3, T * F);
-      kerf::rt::linear(w2, h1, T, out, row);
+      const int64_t F = p.mat[0].w.rows;
+      float *h1 = scratch, *h3 = scratch + T * F, *row = scratch + 2 * T * F;
+      linear(p.mat[0].w, val(0), T, h1, row);
+      linear(p.mat[1].w, val(0), T, h3, row);
+      silu_mul(h1, h3, T * F);
+      linear(p.mat[2].w, h1, T, out, row);
       break;
     }
-    case OpCode::kAdd:
-      kerf::rt::add(val(0), val(1), out, T * out_w);
-      break;
+    case OpCode::kAdd: add(val(0), val(1), out, T * out_w); break;
   }
 }
 
@@ -95,22 +474,50 @@ int kerf_session_create(const kerf_model* m, int n_ctx, kerf_session** out) {
   if (!s) return KERF_ERR_MEMORY;
   s->model = m;
   s->n_ctx = n_ctx;
-  s->kcache.resize(size_t(m->n_attention));
-  s->vcache.resize(size_t(m->n_attention));
-  s->vals.resize(m->values.size());
-  for (const OpInfo& op : m->ops) {
-    if (op.op != OpCode::kAttention) continue;
-    const size_t n = size_t(n_ctx) * size_t(op.n_kv_heads * op.head_dim);
-    if (!s->kcache[op.kv_slot].zeros(n) || !s->vcache[op.kv_slot].zeros(n)) {
-      delete s;
-      return KERF_ERR_MEMORY;
-    }
+  int rc = build_plan(s);
+  if (rc == KERF_OK && (!alloc_kv(m, n_ctx, false, &s->kcache, &s->vcache) ||
+                        !s->per_thread.reserve(s->thread_floats * sizeof(float))))
+    rc = KERF_ERR_MEMORY;
+  if (rc != KERF_OK) {
+    delete s;
+    return rc;
   }
   *out = s;
   return KERF_OK;
 }
 
 void kerf_session_free(kerf_session* s) { delete s; }
+
+int kerf_session_set_threads(kerf_session* s, int n) {
+  if (!s || n < 0 || n > 1024) return KERF_ERR_ARGUMENT;
+  if (n == 0) {
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    n = cpus < 1 ? 1 : cpus > 1024 ? 1024 : int(cpus);
+  }
+  if (n == s->pool.size()) return KERF_OK;
+  const size_t bytes = size_t(n) * s->thread_floats * sizeof(float);
+  if (bytes > s->per_thread.bytes) {
+    AlignedBuf b;
+    if (!b.reserve(bytes)) return KERF_ERR_MEMORY;  // the session keeps its threads
+    s->pool.stop();
+    s->per_thread = std::move(b);
+  }
+  return s->pool.start(n) ? KERF_OK : KERF_ERR_MEMORY;
+}
+
+int kerf_session_threads(const kerf_session* s) { return s ? s->pool.size() : 1; }
+
+int kerf_session_set_kv_type(kerf_session* s, int type) {
+  if (!s || (type != KERF_KV_F32 && type != KERF_KV_F16)) return KERF_ERR_ARGUMENT;
+  std::vector<AlignedBuf> k, v;
+  if (!alloc_kv(s->model, s->n_ctx, type == KERF_KV_F16, &k, &v)) return KERF_ERR_MEMORY;
+  s->kcache.swap(k);
+  s->vcache.swap(v);
+  s->kv_f16 = type == KERF_KV_F16;
+  if (s->kv_f16) s->reference = false;  // the reference attention reads f32 caches
+  s->pos = 0;
+  return KERF_OK;
+}
 
 void kerf_session_reset(kerf_session* s) {
   if (s) s->pos = 0;  // cached rows past pos are overwritten before they are read
@@ -126,17 +533,35 @@ int kerf_session_eval(kerf_session* s, const int32_t* tokens, int n, float* logi
   if (n > s->n_ctx - s->pos) return KERF_ERR_CONTEXT;
   const size_t T = size_t(n);
   if (T > s->cap_tokens) {
-    for (const OpInfo& op : m->ops)  // only values some op writes get a buffer
-      if (!s->vals[op.output].reserve(T * m->values[op.output].width)) return KERF_ERR_MEMORY;
-    if (!s->scratch.reserve(scratch_floats(m, T, size_t(s->n_ctx)))) return KERF_ERR_MEMORY;
+    s->cap_tokens = 0;  // until every buffer below holds T rows (a failed reserve leaves one empty)
+    for (size_t i = 0; i < s->slots.size(); ++i)
+      if (!s->slots[i].reserve(T * size_t(s->slot_width[i]))) return KERF_ERR_MEMORY;
+    for (size_t v = 0; v < s->vals.size(); ++v)
+      s->vals[v] = s->slot_of[v] >= 0 ? s->slots[size_t(s->slot_of[v])].p : nullptr;
+    const bool ok = s->reference
+                        ? s->scratch.reserve(reference_scratch_floats(m, T, size_t(s->n_ctx)))
+                        : s->qacts.reserve(T * size_t(s->max_kb) * 40 + 128) &&
+                              s->hidden.reserve(2 * T * size_t(s->max_ffn) * sizeof(float));
+    if (!ok) return KERF_ERR_MEMORY;
     s->cap_tokens = T;
   }
   s->tokens.assign(tokens, tokens + n);
-  for (const OpInfo& op : m->ops) run_op(s, op, int64_t(T), s->pos);
+  const int64_t pos0 = s->pos;
+  if (s->reference) {
+    for (size_t i = 0; i < m->ops.size(); ++i) run_reference(s, m->ops[i], s->plan[i], int64_t(T), pos0);
+  } else {
+    for (RopeTable& r : s->rope)
+      if (r.filled < pos0 + n) {
+        rope_table_fill(r.head_dim, r.theta, r.filled, pos0 + n, r.table.as<float>());
+        r.filled = pos0 + n;
+      }
+    const Exec e{s, int64_t(T), pos0, !all_logits && T > 1};
+    for (size_t i = 0; i < m->ops.size(); ++i) e.run(i);
+  }
   s->pos += n;
   if (logits) {
     const size_t V = size_t(m->vocab);
-    const float* src = s->vals[m->output_value].p;
+    const float* src = s->vals[m->output_value];
     if (all_logits) std::memcpy(logits, src, T * V * sizeof(float));
     else std::memcpy(logits, src + (T - 1) * V, V * sizeof(float));
   }

@@ -1,8 +1,20 @@
-// Scalar reference kernels. See kernels.h.
+// CPU kernels: the scalar reference, then the executor's fast kernels. See kernels.h.
 #include "kernels.h"
 
 #include <cmath>
 #include <cstring>
+
+#include "qkernels.h"
+
+// No fused multiply-add anywhere in this file, whatever -ffp-contract / -march the build uses: the
+// dequantization arithmetic is normative (SPEC 6.4: s * q is rounded to f32 before a min is added),
+// rotary_fast must match rotary bit for bit, and the fast kernels, whose summation order is written
+// out (16 partial sums, a fixed tree), then give the same bits on every instruction set.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace kerf::rt {
 namespace {
@@ -20,20 +32,6 @@ inline float dot(const float* a, const float* b, int64_t n) {
 }
 
 }  // namespace
-
-// Dequantization arithmetic is normative (SPEC section 6.4): the product s * q is rounded to f32
-// before a min is added. Forbid fused multiply-add contraction here, whatever -ffp-contract / -march
-// the build uses, so every target gives the same bits.
-// GCC: an optimize region (pop_options below); clang: a pragma at the start of each function body.
-#if defined(__clang__)
-#define KERF_NO_FP_CONTRACT _Pragma("clang fp contract(off)")
-#else
-#define KERF_NO_FP_CONTRACT
-#if defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")
-#endif
-#endif
 
 namespace {
 
@@ -129,7 +127,6 @@ void decode_codes(fmt::DType t, uint32_t b, const uint8_t* p, uint64_t rb, int64
 
 /// Generic quantized dtypes (kQSym .. kBinary): decode the codes, then apply each group's parameters.
 void dequant_generic(const WeightView& w, int64_t r, float* out) {
-  KERF_NO_FP_CONTRACT
   const int64_t C = w.cols, g = w.group, ng = (C + g - 1) / g;
   const fmt::QLayout L = fmt::qlayout(w.dtype, uint64_t(w.rows), uint64_t(C), uint64_t(g), w.flags);
   decode_codes(w.dtype, fmt::qflags_bits(w.flags), w.data + uint64_t(r) * L.row_bytes, L.row_bytes, C, out);
@@ -161,7 +158,6 @@ void dequant_generic(const WeightView& w, int64_t r, float* out) {
 }  // namespace
 
 void dequant_row(const WeightView& w, int64_t r, float* out) {
-  KERF_NO_FP_CONTRACT
   const int64_t C = w.cols;
   switch (w.dtype) {
     case fmt::DType::kF32:
@@ -203,22 +199,25 @@ void dequant_row(const WeightView& w, int64_t r, float* out) {
       }
       return;
     }
-    case fmt::DType::kQSym: case fmt::DType::kQAsym: case fmt::DType::kTernary: case fmt::DType::kBinary:
+    case fmt::DType::kQSym: case fmt::DType::kQAsym: case fmt::DType::kTernary: case fmt::DType::kBinary: {
+      TiledView tv;
+      if (tiled_view(w, &tv)) {
+        dequant_row_tiled(tv, r, out);
+        return;
+      }
       if (fmt::qflags_valid(w.dtype, w.flags) && w.group >= 1) {
         dequant_generic(w, r, out);
         return;
       }
       for (int64_t c = 0; c < C; ++c) out[c] = 0.f;  // unreachable: the loader rejects bad flags
       return;
+    }
     default:
       for (int64_t c = 0; c < C; ++c) out[c] = 0.f;  // unreachable: the loader rejects other dtypes
       return;
   }
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
 
 void linear(const WeightView& w, const float* x, int64_t T, float* y, float* row_buf) {
   const int64_t N = w.rows, K = w.cols;
@@ -267,6 +266,45 @@ void rotary(float* x, int64_t T, int64_t width, int64_t head_dim, double theta, 
   }
 }
 
+void rope_table_fill(int64_t head_dim, double theta, int64_t p0, int64_t p1, float* table) {
+  const int64_t half = head_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const double inv_freq = std::pow(theta, -2.0 * double(i) / double(head_dim));
+    for (int64_t p = p0; p < p1; ++p) {
+      const double ang = double(p) * inv_freq;  // == rotary()'s pos * std::pow(...)
+      table[p * head_dim + i] = float(std::cos(ang));
+      table[p * head_dim + half + i] = float(std::sin(ang));
+    }
+  }
+}
+
+void rotary_fast(const float* x, float* out, int64_t T, int64_t width, int64_t head_dim, bool interleaved,
+                 int64_t pos0, const float* table) {
+  const int64_t half = head_dim / 2, heads = width / head_dim;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = table + (pos0 + t) * head_dim;
+    const float* s = c + half;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* xh = x + t * width + h * head_dim;
+      float* oh = out + t * width + h * head_dim;
+      if (interleaved) {
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = xh[2 * i], b = xh[2 * i + 1];
+          oh[2 * i] = a * c[i] - b * s[i];
+          oh[2 * i + 1] = a * s[i] + b * c[i];
+        }
+      } else {
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = xh[i], b = xh[i + half];
+          oh[i] = a * c[i] - b * s[i];
+          oh[i + half] = a * s[i] + b * c[i];
+        }
+      }
+    }
+  }
+}
+
+
 void attention(const AttnShape& s, const float* q, const float* k, const float* v, int64_t T, int64_t pos0,
                float* kcache, float* vcache, float* out, float* scores) {
   const int64_t H = s.n_heads, G = s.n_kv_heads, Dh = s.head_dim, kvw = G * Dh, qw = H * Dh, rep = H / G;
@@ -306,6 +344,221 @@ void silu_mul(float* a, const float* b, int64_t n) {
 
 void add(const float* a, const float* b, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+// ---------------------------------------------------------------- fast kernels
+
+// Function multiversioning: each KERF_CLONES function is compiled for x86-64-v4 (AVX-512), v3 (AVX2)
+// and the baseline, and the dynamic loader's ifunc resolver picks one per process. Elsewhere (other
+// architectures, compilers, or libcs without ifunc) the baseline loops, which -O3 auto-vectorizes.
+// The clones are internal functions (*_cloned) behind the public ones of kernels.h: GCC would emit a
+// resolver in every file that sees a cloned declaration, and clang ignores the attribute on a
+// definition whose earlier declaration lacks it.
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && !defined(KERF_NO_MULTIVERSION) && \
+    ((defined(__clang__) && __clang_major__ >= 14) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 12))
+#define KERF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define KERF_CLONES
+#endif
+// Helpers are forced inline so that each clone gets them compiled for its instruction set.
+#if defined(__GNUC__)
+#define KERF_INLINE inline __attribute__((always_inline))
+#else
+#define KERF_INLINE inline
+#endif
+
+namespace {
+
+constexpr int kLanes = 16;  // partial sums: one AVX-512 register, two AVX2, four SSE
+
+KERF_INLINE float bits_to_f32(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+/// Exact branch-free f16 -> f32: (em << 13) * 2^112 rebiases normals and subnormals alike (the
+/// product is exact), inf / NaN (exponent 31) are built directly.
+KERF_INLINE float h2f(uint16_t h) {
+  const uint32_t em = h & 0x7fffu, sign = uint32_t(h & 0x8000u) << 16;
+  const float mag = bits_to_f32(em << 13) * 0x1p112f;
+  uint32_t b;
+  std::memcpy(&b, &mag, 4);
+  b = em >= 0x7c00u ? (0x7f800000u | (em << 13)) : b;
+  return bits_to_f32(b | sign);
+}
+
+/// Sum of 16 partial sums in a fixed tree.
+KERF_INLINE float hsum(const float* acc) {
+  float a8[8], a4[4];
+  for (int j = 0; j < 8; ++j) a8[j] = acc[j] + acc[j + 8];
+  for (int j = 0; j < 4; ++j) a4[j] = a8[j] + a8[j + 4];
+  return (a4[0] + a4[2]) + (a4[1] + a4[3]);
+}
+
+KERF_INLINE float dot16(const float* a, const float* b, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  float s = hsum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+KERF_INLINE float dot16(const float* a, const uint16_t* b, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * h2f(b[i + j]);
+  float s = hsum(acc);
+  for (; i < n; ++i) s += a[i] * h2f(b[i]);
+  return s;
+}
+
+KERF_INLINE void axpy(float* y, float a, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+KERF_INLINE void axpy(float* y, float a, const uint16_t* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * h2f(x[i]);
+}
+
+/// exp(x): x = k ln2 + r, |r| <= ln2 / 2 (k by the 1.5 * 2^23 rounding trick, ln2 in two parts),
+/// exp(r) by the Cephes expf polynomial, 2^k put into the exponent field.
+KERF_INLINE float expf_fast(float x) {
+  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);  // NaN passes through (both compares false)
+  const float t = x * 1.44269504088896341f + 12582912.f;  // 12582912 = 1.5 * 2^23
+  const float k = t - 12582912.f;
+  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  const float p = ((((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
+                     1.6666665459e-1f) * r + 5.0000001201e-1f) * r) * r + r + 1.f;
+  uint32_t tb;
+  std::memcpy(&tb, &t, 4);
+  return p * bits_to_f32((tb - 0x4b400000u + 127u) << 23);  // k = the low bits of t's mantissa
+}
+
+template <class KV>
+KERF_INLINE void attention_items(const AttnShape& s, const float* q, int64_t Tq, int64_t qpos0, int64_t n_kv,
+                                 const KV* kcache, const KV* vcache, int64_t n_ctx, int64_t i0, int64_t i1,
+                                 float* out, float* scores) {
+  const int64_t H = s.n_heads, Dh = s.head_dim, qw = H * Dh, rep = H / s.n_kv_heads;
+  const float scale = float(s.scale);
+  for (int64_t item = i0; item < i1; ++item) {
+    const int64_t h = item / Tq, t = item % Tq;
+    const KV* kc = kcache + (h / rep) * n_ctx * Dh;
+    const KV* vc = vcache + (h / rep) * n_ctx * Dh;
+    const int64_t n_keys = s.causal ? qpos0 + t + 1 : n_kv;
+    const float* qh = q + t * qw + h * Dh;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n_keys; ++j) {
+      scores[j] = dot16(qh, kc + j * Dh, Dh) * scale;
+      mx = scores[j] > mx ? scores[j] : mx;
+    }
+    float acc[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= n_keys; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) acc[l] += (scores[j + l] = expf_fast(scores[j + l] - mx));
+    float sum = hsum(acc);
+    for (; j < n_keys; ++j) sum += (scores[j] = expf_fast(scores[j] - mx));
+    const float inv = 1.0f / sum;
+    float* o = out + t * qw + h * Dh;
+    for (int64_t d = 0; d < Dh; ++d) o[d] = 0.f;
+    for (j = 0; j < n_keys; ++j) axpy(o, scores[j] * inv, vc + j * Dh, Dh);
+  }
+}
+
+// The multiversioned bodies of the public functions below.
+
+KERF_CLONES void f16_to_f32_row_cloned(const uint16_t* in, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = h2f(in[i]);
+}
+
+KERF_CLONES void linear_rows_cloned(const WeightView& w, const float* x, int64_t T, int64_t r0, int64_t r1, float* y,
+                                    int64_t ldy, float* row_buf) {
+  const int64_t K = w.cols;
+  for (int64_t n = r0; n < r1; ++n) {
+    const float* row = row_buf;
+    if (w.dtype == fmt::DType::kF32) row = reinterpret_cast<const float*>(w.data) + n * K;
+    else dequant_row_fast(w, n, row_buf);
+    for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = dot16(row, x + t * K, K);
+  }
+}
+
+KERF_CLONES void rmsnorm_cloned(const float* x, const float* weight, int64_t T, int64_t D, double eps, float* out) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * D;
+    const float inv = 1.0f / std::sqrt(dot16(xr, xr, D) / float(D) + float(eps));
+    float* o = out + t * D;
+    for (int64_t i = 0; i < D; ++i) o[i] = weight[i] * (xr[i] * inv);
+  }
+}
+
+KERF_CLONES void exp_cloned(const float* x, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = expf_fast(x[i]);
+}
+
+KERF_CLONES void silu_mul_cloned(float* a, const float* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) a[i] = a[i] / (1.0f + expf_fast(-a[i])) * b[i];
+}
+
+KERF_CLONES void attention_cloned(const AttnShape& s, const float* q, int64_t Tq, int64_t qpos0, int64_t n_kv,
+                                  const KVView& kv, int64_t i0, int64_t i1, float* out, float* scores) {
+  if (kv.f16)
+    attention_items(s, q, Tq, qpos0, n_kv, static_cast<const uint16_t*>(kv.k), static_cast<const uint16_t*>(kv.v),
+                    kv.n_ctx, i0, i1, out, scores);
+  else
+    attention_items(s, q, Tq, qpos0, n_kv, static_cast<const float*>(kv.k), static_cast<const float*>(kv.v), kv.n_ctx,
+                    i0, i1, out, scores);
+}
+
+}  // namespace
+
+void f16_to_f32_row(const uint16_t* in, float* out, int64_t n) { f16_to_f32_row_cloned(in, out, n); }
+
+void dequant_row_fast(const WeightView& w, int64_t r, float* out) {
+  if (w.dtype == fmt::DType::kF16) {
+    f16_to_f32_row(reinterpret_cast<const uint16_t*>(w.data) + r * w.cols, out, w.cols);
+  } else if (w.dtype == fmt::DType::kBF16) {
+    const uint8_t* p = w.data + 2 * r * w.cols;
+    for (int64_t c = 0; c < w.cols; ++c) out[c] = fmt::bf16_to_f32(rd16(p + 2 * c));
+  } else {
+    dequant_row(w, r, out);
+  }
+}
+
+void linear_rows(const WeightView& w, const float* x, int64_t T, int64_t r0, int64_t r1, float* y, int64_t ldy,
+                 float* row_buf) {
+  linear_rows_cloned(w, x, T, r0, r1, y, ldy, row_buf);
+}
+
+void rmsnorm_fast(const float* x, const float* weight, int64_t T, int64_t D, double eps, float* out) {
+  rmsnorm_cloned(x, weight, T, D, eps, out);
+}
+
+void exp_fast_n(const float* x, float* out, int64_t n) { exp_cloned(x, out, n); }
+
+void silu_mul_fast(float* a, const float* b, int64_t n) { silu_mul_cloned(a, b, n); }
+
+void kv_store(const KVView& kv, const float* k, const float* v, int64_t T, int64_t pos0) {
+  const int64_t Dh = kv.head_dim, kvw = kv.n_kv_heads * Dh;
+  for (int64_t g = 0; g < kv.n_kv_heads; ++g)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t at = (g * kv.n_ctx + pos0 + t) * Dh, from = t * kvw + g * Dh;
+      if (kv.f16) {
+        for (int64_t d = 0; d < Dh; ++d) {
+          static_cast<uint16_t*>(kv.k)[at + d] = fmt::f32_to_f16(k[from + d]);
+          static_cast<uint16_t*>(kv.v)[at + d] = fmt::f32_to_f16(v[from + d]);
+        }
+      } else {
+        std::memcpy(static_cast<float*>(kv.k) + at, k + from, size_t(Dh) * sizeof(float));
+        std::memcpy(static_cast<float*>(kv.v) + at, v + from, size_t(Dh) * sizeof(float));
+      }
+    }
+}
+
+void attention_fast(const AttnShape& s, const float* q, int64_t Tq, int64_t qpos0, int64_t n_kv, const KVView& kv,
+                    int64_t i0, int64_t i1, float* out, float* scores) {
+  attention_cloned(s, q, Tq, qpos0, n_kv, kv, i0, i1, out, scores);
 }
 
 }  // namespace kerf::rt

@@ -1,6 +1,6 @@
 // kerf-run: generate text with a .kerf artifact.
 //   kerf-run MODEL.kerf --prompt "Once upon a time" -n 100 --seed 1 [--temp 1.0] [--top-p 0.9]
-//            [--ctx N] [--verify] [--stats]
+//            [--ctx N] [-t N] [--kv-f16] [--verify] [--stats]
 // Exit codes: 0 ok, 1 runtime failure, 2 bad arguments, 3 bad/corrupt artifact, 4 unsupported,
 // 5 I/O error.
 #include <chrono>
@@ -25,9 +25,11 @@ const char* kUsage =
     "  --temp T        temperature (default 1.0); 0 = greedy (argmax)\n"
     "  --top-p P       nucleus sampling threshold in (0, 1] (default 0.9; 1 = off)\n"
     "  --ctx N         context length (default: the model's max_seq_len)\n"
+    "  -t N            threads (default 0 = one per online CPU)\n"
+    "  --kv-f16        keep the KV cache in f16 (half the memory, logits move by ~1e-3)\n"
     "  --verify        also verify every tensor's checksum when loading\n"
-    "  --stats         print the tensors' precisions, load time and prefill / decode tokens/s\n"
-    "                  to stderr\n"
+    "  --stats         print the tensors' precisions, the kernels' instruction set, threads, load\n"
+    "                  time and prefill / decode tokens/s to stderr\n"
     "  -h, --help      this help\n"
     "exit codes: 0 ok, 1 runtime failure, 2 bad arguments, 3 bad or corrupt artifact,\n"
     "            4 unsupported artifact, 5 I/O error\n";
@@ -107,10 +109,10 @@ double now_s() {
 int main(int argc, char** argv) {
   const char* model_path = nullptr;
   const char* prompt = "";
-  long n_new = 256, ctx = 0;
+  long n_new = 256, ctx = 0, threads = 0;
   unsigned long long seed = 1;
   float temp = 1.0f, top_p = 0.9f;
-  bool verify = false, stats = false;
+  bool verify = false, stats = false, kv_f16 = false;
   for (int i = 1; i < argc; ++i) {
     const char* a = argv[i];
     auto value = [&](const char** v) {
@@ -135,6 +137,10 @@ int main(int argc, char** argv) {
         return bad_arg("--top-p needs a number in (0, 1]", v);
     } else if (!std::strcmp(a, "--ctx")) {
       if (!value(&v) || !parse_long(v, 1, 1L << 30, &ctx)) return bad_arg("--ctx needs an integer >= 1", v);
+    } else if (!std::strcmp(a, "-t")) {
+      if (!value(&v) || !parse_long(v, 0, 1024, &threads)) return bad_arg("-t needs an integer in [0, 1024]", v);
+    } else if (!std::strcmp(a, "--kv-f16")) {
+      kv_f16 = true;
     } else if (!std::strcmp(a, "--verify")) {
       verify = true;
     } else if (!std::strcmp(a, "--stats")) {
@@ -165,8 +171,11 @@ int main(int argc, char** argv) {
   }
   kerf_session* sess = nullptr;
   rc = kerf_session_create(model, int(ctx), &sess);
+  if (rc == KERF_OK) rc = kerf_session_set_threads(sess, int(threads));
+  if (rc == KERF_OK && kv_f16) rc = kerf_session_set_kv_type(sess, KERF_KV_F16);
   if (rc != KERF_OK) {
     std::fprintf(stderr, "kerf-run: cannot create a session: %s\n", kerf_status_string(rc));
+    kerf_session_free(sess);
     kerf_model_close(model);
     return exit_code_for(rc);
   }
@@ -227,6 +236,8 @@ int main(int argc, char** argv) {
   }
   if (stats && !exit_code) {
     print_precisions(model);
+    std::fprintf(stderr, "kernels: %s, %d thread%s, KV cache %s\n", kerf_model_isa(model), kerf_session_threads(sess),
+                 kerf_session_threads(sess) == 1 ? "" : "s", kv_f16 ? "f16" : "f32");
     std::fprintf(stderr, "load: %.1f ms\n", t_load * 1e3);
     std::fprintf(stderr, "prefill: %d tokens in %.1f ms (%.1f tokens/s)\n", n_tok, t_prefill * 1e3,
                  t_prefill > 0 ? n_tok / t_prefill : 0.0);

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "../../runtime-lite/src/model.h"
+#include "../../runtime-lite/src/qkernels.h"
 #include "test_util.h"
 
 using namespace kt;
@@ -172,4 +174,118 @@ TEST_CASE("stories260K artifact reproduces the fp32 reference logits", "[executo
   score(g, &nll, &agree, &maxdiff);
   WARN("stories260K prompt: qasym5/k6 g32 mean NLL " << nll << ", top-1 agreement " << agree << "/" << N);
   CHECK(nll < 1.0);
+}
+
+namespace {
+
+/// Logits of `toks` (all rows) with the fast kernels, or the scalar reference kernels.
+std::vector<float> logits_of(kerf_model* m, const std::vector<int32_t>& toks, bool reference, int kv_type = KERF_KV_F32) {
+  kerf_session* s = nullptr;
+  REQUIRE(kerf_session_create(m, 0, &s) == KERF_OK);
+  REQUIRE(kerf_session_set_kv_type(s, kv_type) == KERF_OK);
+  REQUIRE(kerf::rt::set_reference_kernels(s, reference) == (kv_type == KERF_KV_F32 || !reference));
+  std::vector<float> out(toks.size() * size_t(kerf_model_vocab_size(m)));
+  REQUIRE(kerf_session_eval(s, toks.data(), int(toks.size()), out.data(), 1) == KERF_OK);
+  kerf_session_free(s);
+  return out;
+}
+
+/// max |a - b| / max |b|
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double scale = 0;
+  for (float x : b) scale = std::max(scale, double(std::fabs(x)));
+  return max_abs_diff(a.data(), b.data(), a.size()) / scale;
+}
+
+}  // namespace
+
+TEST_CASE("fast kernels reproduce the scalar reference kernels within 1e-5 on stories260K", "[executor][fast][stories260K]") {
+  LlamaCfg c;
+  const Weights w = stories260k(&c);
+  REQUIRE(!w.empty());
+  const std::vector<int32_t> toks = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426};
+  const std::pair<fmt::DType, uint32_t> precisions[] = {
+      {fmt::DType::kF32, 0}, {fmt::DType::kF16, 0}, {fmt::DType::kQ4Asym, 0},
+      {fmt::DType::kQAsym, fmt::make_qflags(5, fmt::ScaleFormat::kK6)}};
+  for (const auto& [dt, flags] : precisions) {
+    char prec[64];
+    INFO("precision " << fmt::describe_qtype(dt, flags, 32, prec, sizeof prec));
+    Loaded L(c, w, dt, 32, flags);
+    const std::vector<float> ref = logits_of(L.m, toks, true), fast = logits_of(L.m, toks, false);
+    const double d = rel_diff(fast, ref);
+    WARN(prec << ": fast vs reference kernels, max |diff| / max |logit| = " << d);
+    CHECK(d < 1e-5);
+    // f16 KV cache: K and V rounded to f16, the rest unchanged
+    const double dh = rel_diff(logits_of(L.m, toks, false, KERF_KV_F16), ref);
+    WARN(prec << ": f16 KV cache vs reference, max |diff| / max |logit| = " << dh);
+    CHECK(dh > 0);
+    CHECK(dh < 2e-3);
+  }
+}
+
+TEST_CASE("tiled weights: int8 activations stay close to the float reference of the same weights", "[executor][fast][stories260K]") {
+  LlamaCfg c;
+  const Weights w = stories260k(&c);
+  REQUIRE(!w.empty());
+  const std::vector<int32_t> toks = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426};
+  Loaded L(c, w, fmt::DType::kQSym, 32, fmt::make_qflags_tiled(4, fmt::ScaleFormat::kF16, 2));
+  kerf_tensor_info ti;
+  REQUIRE(kerf_model_tensor_info(L.m, 0, &ti) == KERF_OK);
+  CHECK(std::string(ti.precision) == "qsym4/f16 g32 t4");
+  // The reference kernels dequantize the tiled rows and multiply in float; the executor quantizes
+  // the activations to int8 per 32 values (relative error ~ 1/254 per block), so the logits move by
+  // about 1 % of their range, and the predictions stay.
+  const std::vector<float> ref = logits_of(L.m, toks, true), fast = logits_of(L.m, toks, false);
+  const double d = rel_diff(fast, ref);
+  WARN("qsym4 tiled, int8 activations vs float reference: max |diff| / max |logit| = " << d);
+  CHECK(d > 0);
+  CHECK(d < 0.03);
+  const int V = c.vocab;
+  int agree = 0;
+  for (size_t i = 0; i < toks.size(); ++i)
+    agree += std::max_element(fast.begin() + i * V, fast.begin() + (i + 1) * V) - fast.begin() ==
+             std::max_element(ref.begin() + i * V, ref.begin() + (i + 1) * V) - ref.begin();
+  CHECK(agree >= int(toks.size()) - 1);
+}
+
+TEST_CASE("the integer kernels' ISA: reported, and KERF_ISA naming a missing one fails kerf_model_open", "[executor]") {
+  LlamaCfg c;
+  TempDir dir;
+  art::ArtifactBuilder b;
+  build_llama(b, c, random_llama(c, 4), fmt::DType::kF32, 32, false);
+  const std::string path = dir.file("m.kerf");
+  REQUIRE(b.write(path) == "");
+  std::string msg;
+  kerf_model* m = nullptr;
+  REQUIRE(open_status(path, 0, &msg, &m) == KERF_OK);
+  REQUIRE(kerf_model_isa(m) != nullptr);
+  CHECK(std::string(kerf_model_isa(m)) == kerf::rt::isa_name(kerf::rt::qkernels_best()->isa));
+  CHECK(kerf_model_isa(nullptr) == nullptr);
+  // op introspection: the program build_llama writes (embed, 2 x 13 ops, norm, classifier)
+  kerf_op_info oi;
+  REQUIRE(kerf_model_op_info(m, 0, &oi) == KERF_OK);
+  CHECK(std::string(oi.op) == "Embedding");
+  CHECK((oi.n_tensors == 1 && oi.tensors[0] == 0));
+  const int last = kerf_model_op_count(m) - 1;
+  REQUIRE(kerf_model_op_info(m, last, &oi) == KERF_OK);
+  CHECK(std::string(oi.op) == "Linear");
+  CHECK((oi.n_tensors == 1 && oi.tensors[0] == 0));  // the tied classifier
+  REQUIRE(kerf_model_op_info(m, 11, &oi) == KERF_OK);
+  CHECK(std::string(oi.op) == "GatedFFN");
+  CHECK(oi.n_tensors == 3);
+  CHECK(kerf_model_op_info(m, last + 1, &oi) == KERF_ERR_ARGUMENT);
+  CHECK(kerf_model_op_info(m, -1, &oi) == KERF_ERR_ARGUMENT);
+  CHECK(kerf_model_op_info(m, 0, nullptr) == KERF_ERR_ARGUMENT);
+  kerf_model_close(m);
+  const char* old = std::getenv("KERF_ISA");
+  const std::string saved = old ? old : "";
+  setenv("KERF_ISA", "vax", 1);
+  CHECK(open_status(path, 0, &msg) == KERF_ERR_UNSUPPORTED);
+  CHECK_THAT(msg, Catch::Contains("KERF_ISA=vax") && Catch::Contains("scalar"));
+  setenv("KERF_ISA", "scalar", 1);
+  REQUIRE(open_status(path, 0, &msg, &m) == KERF_OK);
+  CHECK(std::string(kerf_model_isa(m)) == "scalar");
+  kerf_model_close(m);
+  if (old) setenv("KERF_ISA", saved.c_str(), 1);
+  else unsetenv("KERF_ISA");
 }

@@ -224,3 +224,204 @@ TEST_CASE("SiLU-gated multiply and Add", "[kernels]") {
   kerf::rt::add(b.data(), b.data(), o.data(), 3);
   CHECK(o == std::vector<float>{2.f, 10.f, 1.f});
 }
+
+// ---------------------------------------------------------------- fast kernels vs the reference
+
+namespace {
+
+uint32_t f32_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& ref) {
+  double scale = 0, d = 0;
+  for (float r : ref) scale = std::max(scale, double(std::fabs(r)));
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, double(std::fabs(a[i] - ref[i])));
+  return d / std::max(scale, 1e-30);
+}
+
+}  // namespace
+
+TEST_CASE("f16 rows: the branch-free conversion is fmt::f16_to_f32 for all 65536 inputs", "[kernels][fast]") {
+  std::vector<uint16_t> h(65536);
+  for (uint32_t i = 0; i < 65536; ++i) h[i] = uint16_t(i);
+  std::vector<float> out(65536);
+  kerf::rt::f16_to_f32_row(h.data(), out.data(), 65536);
+  int64_t bad = 0;
+  for (uint32_t i = 0; i < 65536; ++i) bad += f32_bits(out[i]) != f32_bits(fmt::f16_to_f32(uint16_t(i)));
+  CHECK(bad == 0);
+}
+
+TEST_CASE("exp_fast: relative error < 2e-7 on [-87, 88], clamped outside, NaN kept", "[kernels][fast]") {
+  std::vector<float> x;
+  for (double v = -87.0; v <= 88.0; v += 0.001) x.push_back(float(v));
+  for (float v : {0.f, -0.f, 1e-8f, -1e-8f, 0.34657359f, -0.34657359f}) x.push_back(v);
+  std::vector<float> y(x.size());
+  kerf::rt::exp_fast_n(x.data(), y.data(), int64_t(x.size()));
+  double worst = 0;
+  for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::fabs(double(y[i]) / std::exp(double(x[i])) - 1.0));
+  WARN("exp_fast max relative error " << worst);
+  CHECK(worst < 2e-7);
+  const float edge[4] = {-200.f, 200.f, -INFINITY, NAN};
+  float e[4];
+  kerf::rt::exp_fast_n(edge, e, 4);
+  CHECK(e[0] == Approx(std::exp(-87.0)).epsilon(1e-6));
+  CHECK(e[1] == Approx(std::exp(88.0)).epsilon(1e-6));
+  CHECK(e[2] == e[0]);
+  CHECK(std::isnan(e[3]));
+}
+
+TEST_CASE("rotary_fast is bit-identical to rotary (table from rope_table_fill)", "[kernels][fast]") {
+  std::mt19937 rng(14);
+  const int64_t T = 5, Dh = 64, H = 3, W = H * Dh, pos0 = 1000;
+  const std::vector<float> x = random_vec(rng, size_t(T * W), 3.f);
+  std::vector<float> table(size_t((pos0 + T) * Dh));
+  kerf::rt::rope_table_fill(Dh, 500000.0, 0, 7, table.data());  // filled in two pieces, like a session
+  kerf::rt::rope_table_fill(Dh, 500000.0, 7, pos0 + T, table.data());
+  for (bool inter : {true, false}) {
+    std::vector<float> ref = x, fast(x.size()), inplace = x;
+    kerf::rt::rotary(ref.data(), T, W, Dh, 500000.0, inter, pos0);
+    kerf::rt::rotary_fast(x.data(), fast.data(), T, W, Dh, inter, pos0, table.data());
+    kerf::rt::rotary_fast(inplace.data(), inplace.data(), T, W, Dh, inter, pos0, table.data());
+    int64_t bad = 0;
+    for (size_t i = 0; i < x.size(); ++i) bad += (f32_bits(fast[i]) != f32_bits(ref[i])) + (f32_bits(inplace[i]) != f32_bits(ref[i]));
+    CHECK(bad == 0);
+  }
+}
+
+TEST_CASE("rmsnorm_fast, silu_mul_fast, linear_rows against the reference kernels", "[kernels][fast]") {
+  std::mt19937 rng(15);
+  const int64_t T = 3, D = 203;  // not a multiple of 16: vector body and scalar tail
+  const std::vector<float> x = random_vec(rng, size_t(T * D), 2.f), w = random_vec(rng, size_t(D), 1.f);
+  std::vector<float> ref(x.size()), fast(x.size());
+  kerf::rt::rmsnorm(x.data(), w.data(), T, D, 1e-5, ref.data());
+  kerf::rt::rmsnorm_fast(x.data(), w.data(), T, D, 1e-5, fast.data());
+  CHECK(max_rel_diff(fast, ref) < 1e-6);
+
+  std::vector<float> a = random_vec(rng, 1000, 4.f), a2 = a;
+  const std::vector<float> b = random_vec(rng, 1000, 1.f);
+  kerf::rt::silu_mul(a.data(), b.data(), 1000);
+  kerf::rt::silu_mul_fast(a2.data(), b.data(), 1000);
+  for (size_t i = 0; i < a.size(); ++i) CHECK(a2[i] == Approx(a[i]).epsilon(1e-6).margin(1e-30));
+
+  const int64_t rows = 37, cols = 100;
+  const std::vector<float> wm = random_vec(rng, size_t(rows * cols), 1.f), xm = random_vec(rng, size_t(T * cols), 1.f);
+  const art::TensorRecord recs[] = {
+      art::TensorRecord::from_f32("f", {rows, cols}, wm), art::TensorRecord::from_f16("h", {rows, cols}, wm),
+      kt::quantize_q4_asym("q", rows, cols, 32, wm),
+      generic_record("g", quantize_generic_q(fmt::DType::kQSym, 3, true, rows, cols, 32, wm))};
+  for (const art::TensorRecord& r : recs) {
+    INFO(r.name);
+    WeightView v = view_of(r);
+    v.flags = r.flags;
+    std::vector<float> yref(size_t(T * rows)), yfast(yref.size()), ysplit(yref.size()), row(static_cast<size_t>(cols));
+    kerf::rt::linear(v, xm.data(), T, yref.data(), row.data());
+    kerf::rt::linear_rows(v, xm.data(), T, 0, rows, yfast.data(), rows, row.data());
+    CHECK(max_rel_diff(yfast, yref) < 1e-5);
+    // rows split in pieces (as threads do) and tokens one at a time: the same bits
+    for (int64_t r0 = 0; r0 < rows; r0 += 10)
+      for (int64_t t = 0; t < T; ++t)
+        kerf::rt::linear_rows(v, xm.data() + t * cols, 1, r0, std::min(rows, r0 + 10), ysplit.data() + t * rows, rows,
+                              row.data());
+    CHECK(ysplit == yfast);
+  }
+}
+
+TEST_CASE("attention_fast: f32 cache == reference, f16 cache == reference on f16-rounded K/V", "[kernels][fast]") {
+  std::mt19937 rng(16);
+  const int64_t T = 9, H = 4, G = 2, Dh = 40, n_ctx = 12, kvw = G * Dh;
+  const double scale = 1.0 / std::sqrt(double(Dh));
+  const std::vector<float> q = random_vec(rng, size_t(T * H * Dh), 1.f), k = random_vec(rng, size_t(T * kvw), 1.f),
+                           v = random_vec(rng, size_t(T * kvw), 1.f);
+  for (bool causal : {true, false}) {
+    INFO("causal " << causal);
+    const kerf::rt::AttnShape sh{H, G, Dh, scale, causal};
+    auto reference = [&](const std::vector<float>& kk, const std::vector<float>& vv) {
+      std::vector<float> kc(size_t(n_ctx * kvw)), vc(kc.size()), sc(static_cast<size_t>(n_ctx)), out(q.size());
+      kerf::rt::attention(sh, q.data(), kk.data(), vv.data(), T, 0, kc.data(), vc.data(), out.data(), sc.data());
+      return out;
+    };
+    for (bool f16 : {false, true}) {
+      INFO("f16 cache " << f16);
+      std::vector<float> kcf(size_t(n_ctx * kvw)), vcf(kcf.size());
+      std::vector<uint16_t> kch(kcf.size()), vch(kcf.size());
+      kerf::rt::KVView kv;
+      kv.k = f16 ? static_cast<void*>(kch.data()) : kcf.data();
+      kv.v = f16 ? static_cast<void*>(vch.data()) : vcf.data();
+      kv.f16 = f16;
+      kv.n_kv_heads = G;
+      kv.head_dim = Dh;
+      kv.n_ctx = n_ctx;
+      kerf::rt::kv_store(kv, k.data(), v.data(), 4, 0);  // stored in two calls
+      kerf::rt::kv_store(kv, k.data() + 4 * kvw, v.data() + 4 * kvw, T - 4, 4);
+      std::vector<float> whole(q.size()), split(q.size()), sc(static_cast<size_t>(n_ctx));
+      kerf::rt::attention_fast(sh, q.data(), T, 0, T, kv, 0, H * T, whole.data(), sc.data());
+      kerf::rt::attention_fast(sh, q.data(), T, 0, T, kv, 0, 13, split.data(), sc.data());  // two threads' items
+      kerf::rt::attention_fast(sh, q.data(), T, 0, T, kv, 13, H * T, split.data(), sc.data());
+      CHECK(split == whole);
+      std::vector<float> kr = k, vr = v;  // what the f16 cache holds
+      if (f16)
+        for (size_t i = 0; i < kr.size(); ++i) {
+          kr[i] = fmt::f16_to_f32(fmt::f32_to_f16(k[i]));
+          vr[i] = fmt::f16_to_f32(fmt::f32_to_f16(v[i]));
+        }
+      CHECK(max_rel_diff(whole, reference(kr, vr)) < 1e-5);
+      if (f16) {
+        const double d = max_rel_diff(whole, reference(k, v));
+        WARN("attention with an f16 KV cache: max |diff| / max |out| = " << d);
+        CHECK(d > 0);
+        CHECK(d < 2e-3);
+      }
+      // the last query row alone (a last-logits prefill): the same bits as row T-1 of the whole
+      std::vector<float> last(size_t(H * Dh));
+      kerf::rt::attention_fast(sh, q.data() + (T - 1) * H * Dh, 1, T - 1, T, kv, 0, H, last.data(), sc.data());
+      CHECK(std::equal(last.begin(), last.end(), whole.end() - H * Dh));
+    }
+  }
+}
+
+// The fast kernels' sums in their documented order, in plain scalar code: 16 partial sums (element
+// i into sum i % 16), reduced as ((s0+s8)+(s4+s12)) + ... (kernels.cpp hsum), then the tail in
+// order. No contraction here either, so the comparison below is exact on every ISA.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+namespace {
+float dot16_scalar(const float* a, const float* b, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] = acc[j] + a[i + j] * b[i + j];
+  float a8[8], a4[4];
+  for (int j = 0; j < 8; ++j) a8[j] = acc[j] + acc[j + 8];
+  for (int j = 0; j < 4; ++j) a4[j] = a8[j] + a8[j + 4];
+  float s = (a4[0] + a4[2]) + (a4[1] + a4[3]);
+  for (; i < n; ++i) s = s + a[i] * b[i];
+  return s;
+}
+}  // namespace
+
+TEST_CASE("fast kernels sum in their documented order: the same bits on every ISA", "[kernels][fast]") {
+  std::mt19937 rng(17);
+  const int64_t rows = 5, T = 2;
+  for (int64_t K : {int64_t(7), int64_t(16), int64_t(203), int64_t(768)}) {
+    INFO("K " << K);
+    const std::vector<float> w = random_vec(rng, size_t(rows * K), 1.f), x = random_vec(rng, size_t(T * K), 1.f);
+    const art::TensorRecord f = art::TensorRecord::from_f32("f", {rows, K}, w);
+    std::vector<float> y(size_t(T * rows)), row(static_cast<size_t>(K));
+    kerf::rt::linear_rows(view_of(f), x.data(), T, 0, rows, y.data(), rows, row.data());
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t r = 0; r < rows; ++r)
+        CHECK(f32_bits(y[size_t(t * rows + r)]) == f32_bits(dot16_scalar(w.data() + r * K, x.data() + t * K, K)));
+    std::vector<float> o(static_cast<size_t>(K));
+    kerf::rt::rmsnorm_fast(x.data(), w.data(), 1, K, 1e-5, o.data());
+    const float inv = 1.0f / std::sqrt(dot16_scalar(x.data(), x.data(), K) / float(K) + float(1e-5));
+    int64_t bad = 0;
+    for (int64_t i = 0; i < K; ++i) bad += f32_bits(o[size_t(i)]) != f32_bits(w[size_t(i)] * (x[size_t(i)] * inv));
+    CHECK(bad == 0);
+  }
+}

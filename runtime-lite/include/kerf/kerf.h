@@ -3,7 +3,7 @@
  *
  * Every function returning int returns KERF_OK (0) or a negative kerf_status; details of the last
  * failure are written to the caller's error buffer where one is taken. Objects are not thread-safe;
- * one session per thread. */
+ * one session per thread (a session may run its own worker threads, kerf_session_set_threads). */
 #ifndef KERF_KERF_H_
 #define KERF_KERF_H_
 
@@ -33,9 +33,16 @@ typedef struct kerf_session kerf_session;
 
 /* Maps `path`, checks header, bounds of every section/tensor, header and section hashes (and the
  * tensor hashes with KERF_OPEN_VERIFY_DATA). On failure *out = NULL and `err` (if not NULL) gets a
- * NUL-terminated message naming the file, the section/tensor and the offset. */
+ * NUL-terminated message naming the file, the section/tensor and the offset.
+ * Also selects the integer kernels of tiled weights (format 1.2): the best instruction set of this
+ * CPU, or the one the environment variable KERF_ISA names (scalar, avx2, avx512vnni, neon,
+ * neondot); KERF_ERR_UNSUPPORTED, with a message naming KERF_ISA, when it names an unknown ISA or
+ * one this build or CPU lacks (never a silent fallback). */
 int kerf_model_open(const char* path, uint32_t flags, kerf_model** out, char* err, size_t err_size);
 void kerf_model_close(kerf_model* m);
+/* The instruction set of the integer kernels that run the model's tiled weights ("scalar", "avx2",
+ * "avx512vnni", "neon", "neondot"); NULL for a NULL model. */
+const char* kerf_model_isa(const kerf_model* m);
 
 int kerf_model_vocab_size(const kerf_model* m);
 int kerf_model_max_seq_len(const kerf_model* m);
@@ -47,9 +54,32 @@ int kerf_model_meta_string(const kerf_model* m, const char* key, const char** da
 
 /* A session owns the activations and the KV cache (n_ctx positions; 0 = model max_seq_len).
  * KERF_ERR_ARGUMENT when n_ctx < 0 or n_ctx > max_seq_len; KERF_ERR_MEMORY when the KV caches
- * (n_ctx x n_kv_heads x head_dim float32, twice per Attention op) cannot be allocated. */
+ * (n_ctx x n_kv_heads x head_dim float32, twice per Attention op; see kerf_session_set_kv_type)
+ * cannot be allocated. A new session runs on the calling thread (kerf_session_set_threads). */
 int kerf_session_create(const kerf_model* m, int n_ctx, kerf_session** out);
 void kerf_session_free(kerf_session* s);
+/* Threads that evaluate the session: n >= 1, or 0 = the number of online CPUs (default: 1). The
+ * session's n - 1 worker threads persist until the next call or kerf_session_free; between
+ * evaluations they spin briefly (~0.2 ms), then sleep. Work is split by output rows / row tiles
+ * (Linear, GatedFFN), by (head, token) pairs (Attention) and by tokens (norms, rotary, Add); an op
+ * with fewer than ~64K multiply-adds runs on the calling thread. Results are bit-identical for
+ * every thread count. KERF_ERR_ARGUMENT for NULL or n outside [0, 1024]; KERF_ERR_MEMORY when the
+ * per-thread scratch cannot be allocated (the session keeps its threads) or a thread cannot be
+ * created (the session then runs on 1 thread). */
+int kerf_session_set_threads(kerf_session* s, int n);
+/* Threads of the session (1 for NULL). */
+int kerf_session_threads(const kerf_session* s);
+
+/* KV cache element types (kerf_session_set_kv_type). */
+#define KERF_KV_F32 0 /* float32: the default */
+#define KERF_KV_F16 1 /* IEEE half, round to nearest even: half the memory; K and V lose precision
+                         (relative 2^-11 per element), which moves stories260K's logits by ~6e-4 of
+                         the largest |logit| (tests/runtime/test_executor.cpp bounds it by 2e-3) */
+/* Reallocates the KV caches with elements of `type` and empties them (position 0).
+ * KERF_ERR_ARGUMENT for NULL or an unknown type; KERF_ERR_MEMORY when the new caches cannot be
+ * allocated (the session is then unchanged). */
+int kerf_session_set_kv_type(kerf_session* s, int type);
+
 /* Empties the KV cache (position 0). */
 void kerf_session_reset(kerf_session* s);
 /* Number of positions already in the KV cache. */
@@ -112,6 +142,14 @@ int kerf_model_tensor_info(const kerf_model* m, int index, kerf_tensor_info* out
 int kerf_model_op_count(const kerf_model* m);
 /* One line: "layers.0.q = Linear(layers.0.attn_norm, @model.layers.0.wq.weight) [cpu]". */
 int kerf_model_op_describe(const kerf_model* m, int index, char* buf, size_t size);
+/* An op of the program and the tensors it reads (e.g. for counting the weight bytes a token reads). */
+typedef struct kerf_op_info {
+  const char* op;  /* "Embedding", "RMSNorm", "Linear", "Rotary", "Attention", "GatedFFN", "Add" */
+  int n_tensors;   /* tensor inputs, at most 4 */
+  int tensors[4];  /* their indices for kerf_model_tensor_info, in input order (GatedFFN: w1, w3, w2) */
+} kerf_op_info;
+/* KERF_ERR_ARGUMENT for NULL or an index outside [0, kerf_model_op_count). */
+int kerf_model_op_info(const kerf_model* m, int index, kerf_op_info* out);
 
 #ifdef __cplusplus
 }
