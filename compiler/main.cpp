@@ -1,4 +1,4 @@
-// The kerf command-line tool: compile, eval, inspect, passes.
+// The kerf command-line tool: compile, eval, inspect, bench, passes.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -8,6 +8,7 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include "compiler/pipeline/bench.h"
 #include "compiler/pipeline/inspect.h"
 #include "compiler/ir/ir_text.h"
 #include "compiler/pipeline/compile.h"
@@ -89,7 +90,11 @@ int main(int argc, char** argv) {
   auto* compile = app.add_subcommand("compile", "compile MODEL.onnx into a .kerf artifact");
   compile->add_option("model", copt.model_path, "FP16/FP32 ONNX model")->required();
   compile->add_option("-o,--output", copt.output_path, "artifact to write (atomically)")->required();
-  compile->add_option("--target", copt.target, "device profile (known: host)")->capture_default_str();
+  compile->add_option("--target", copt.target,
+                      "device profile: host, x86-64-avx2, x86-64-avx512, arm64-neon-dotprod (weights in the tiled "
+                      "layout, 4 rows per tile, for runtime-lite's integer kernels) or generic (plain layout, "
+                      "portable scalar path)")
+      ->capture_default_str();
   compile->add_option("--tokenizer", copt.tokenizer_path,
                       "llama2.c tokenizer file (default: the only tokenizer.bin / tok*.bin beside the model)");
   compile->add_option("--group-size", copt.quant.group_size, "quantization group size along the input dim")
@@ -157,6 +162,19 @@ int main(int argc, char** argv) {
   inspect->add_flag("--full", full, "print every constant in full (the text then parses back)");
 
   auto* passes = app.add_subcommand("passes", "list the graph passes in pipeline order");
+
+  // bench
+  kerf::pipeline::BenchOptions bopt;
+  std::string bench_json;
+  auto* bench = app.add_subcommand("bench", "prefill / decode tokens/s of an artifact on runtime-lite (llama-bench style)");
+  bench->add_option("artifact", bopt.artifact_path, ".kerf artifact")->required();
+  bench->add_option("-t,--threads", bopt.threads, "runtime-lite threads (0 = one per online CPU)")->capture_default_str();
+  bench->add_option("-p,--prompt-tokens", bopt.prompt_tokens, "prefill test: one evaluation of P random tokens (0 = skip)")->capture_default_str();
+  bench->add_option("-n,--gen-tokens", bopt.gen_tokens, "decode test: G single-token evaluations (0 = skip)")->capture_default_str();
+  bench->add_option("-r,--repeat", bopt.repeat, "timed repetitions of each test, after one warm-up")->capture_default_str();
+  bench->add_flag("--kv-f16", bopt.kv_f16, "f16 KV cache");
+  bench->add_option("--bandwidth-mib", bopt.bandwidth_mib, "buffer of the read-bandwidth measurement (0 = skip)")->capture_default_str();
+  bench->add_option("--json", bench_json, "write the JSON report here (keys: compiler/pipeline/bench.h)");
 
   CLI11_PARSE(app, argc, argv);
 
@@ -244,6 +262,16 @@ int main(int argc, char** argv) {
     auto r = kerf::inspect(inspect_path, pipeline, full);
     if (!r.ok()) return fail(r.status());
     std::cout << *r;
+    return 0;
+  }
+  if (*bench) {
+    auto r = kerf::pipeline::run_bench(bopt);
+    if (!r.ok()) return fail(r.status());
+    std::cout << kerf::pipeline::bench_report_text(*r);
+    if (!bench_json.empty()) {
+      auto st = write_text(bench_json, kerf::pipeline::bench_report_json(*r));
+      if (!st.ok()) return fail(st);
+    }
     return 0;
   }
   if (*passes) {

@@ -4,8 +4,10 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -14,6 +16,7 @@
 #include "compiler/pipeline/compile.h"
 #include "compiler/pipeline/eval.h"
 #include "compiler/pipeline/inspect.h"
+#include "formats/artifact/pack.h"
 #include "kerf/kerf.h"
 
 namespace {
@@ -142,12 +145,79 @@ TEST_CASE("e2e: inspect lists the artifact's tensors and program", "[e2e][storie
   INFO(text.status().to_string());
   REQUIRE(text.ok());
   CHECK(text->find("model.layers.0.wq.weight") != std::string::npos);
-  CHECK(text->find("q4_asym") != std::string::npos);
-  CHECK(text->find("q8_sym") != std::string::npos);
+  // target host: the q4_asym linears and the q8_sym per-row embedding are stored tiled (SPEC 6.6)
+  CHECK(text->find("qasym4/f16 g32 t4") != std::string::npos);
+  CHECK(text->find("qsym8/f16 g64 t4") != std::string::npos);
+  CHECK(text->find("compile.layout = \"tiled4\"") != std::string::npos);
   CHECK(text->find("Attention(") != std::string::npos);
   auto ir = kerf::inspect(kModel, "canonicalize", false);
   REQUIRE(ir.ok());
   CHECK(ir->find("kerf.Attention") != std::string::npos);
+}
+
+namespace {
+
+/// The tensor table of an artifact file (no checks: the files come from the writer).
+std::map<std::string, kerf::artifact::TensorRecord> tensors_of(const std::vector<uint8_t>& f) {
+  namespace fmt = kerf::fmt;
+  fmt::FileHeader h;
+  std::memcpy(&h, f.data(), sizeof h);
+  std::map<std::string, kerf::artifact::TensorRecord> out;
+  for (uint32_t i = 0; i < h.tensor_count; ++i) {
+    fmt::TensorEntry e;
+    std::memcpy(&e, f.data() + h.tensors_offset + uint64_t(i) * h.tensor_entry_size, sizeof e);
+    kerf::artifact::TensorRecord t;
+    t.name.assign(reinterpret_cast<const char*>(f.data() + h.strings_offset + e.name_offset), e.name_size);
+    t.dtype = fmt::DType(e.dtype);
+    t.shape.assign(e.shape, e.shape + e.rank);
+    t.group_size = e.group_size;
+    t.flags = e.flags;
+    const uint8_t* p = f.data() + h.data_offset + e.offset;
+    t.payload.assign(p, p + e.size);
+    out[t.name] = t;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("e2e: target generic keeps the plain layout; host's tiled weights unpack to its bytes", "[e2e][stories]") {
+  kerf::pipeline::CompileOptions o;
+  o.model_path = kModel;
+  o.output_path = std::string(KERF_BINARY_DIR) + "/test_generic.kerf";
+  o.target = "generic";
+  o.verify_lift = false;
+  auto r = kerf::pipeline::compile(o);
+  INFO(r.status().to_string());
+  REQUIRE(r.ok());
+  CHECK(r->layout == "plain");
+  CHECK(r->untiled.empty());
+  CHECK(r->quant.bpw == Approx(5.435).margin(0.001));  // the same logical bits as the tiled artifact
+  const auto plain = tensors_of(read_all(o.output_path));
+  const auto tiled = tensors_of(read_all(artifact()));
+  REQUIRE(plain.size() == tiled.size());
+  int n_tiled = 0;
+  for (const auto& [name, p] : plain) {
+    INFO(name);
+    const kerf::artifact::TensorRecord& t = tiled.at(name);
+    if (!kerf::fmt::dtype_is_quantized(p.dtype)) {  // norm weights: f32 in both
+      CHECK(t.payload == p.payload);
+      continue;
+    }
+    CHECK((p.dtype == kerf::fmt::DType::kQ4Asym || p.dtype == kerf::fmt::DType::kQ8Sym));
+    CHECK(kerf::fmt::qflags_layout(t.flags) == kerf::fmt::Layout::kTiled);
+    CHECK(kerf::fmt::qflags_tile_rows(t.flags) == 4);
+    kerf::artifact::TensorRecord back;
+    std::string err;
+    REQUIRE(kerf::artifact::unpack_tiled(t, &back, &err));
+    std::vector<uint8_t> want = p.payload;  // q4_asym == qasym4/f16 bytes; q8_sym: qsym8 codes are code + 128
+    if (p.dtype == kerf::fmt::DType::kQ8Sym)
+      for (int64_t k = 0; k < p.shape[0] * p.shape[1]; ++k) want[static_cast<size_t>(k)] ^= 0x80u;
+    CHECK(back.payload == want);
+    ++n_tiled;
+  }
+  CHECK(n_tiled == 36);  // 35 linears + the tied embedding
+  std::remove(o.output_path.c_str());
 }
 
 TEST_CASE("e2e: from the fp32 export, the lifted graph matches the imported one to 1e-4", "[e2e][stories]") {

@@ -11,6 +11,7 @@
 #include "compiler/pipeline/emit.h"
 #include "compiler/pipeline/model_io.h"
 #include "compiler/pipeline/recipe_file.h"
+#include "formats/artifact/pack.h"
 #include "kerf/xxh64.h"
 #include "quant/calib/calibrate.h"
 #include "quant/calib/mixed.h"
@@ -537,17 +538,67 @@ Status load_student(const CompileOptions& opt, ir::Graph& lifted, ir::Graph* tea
 
 }  // namespace
 
+namespace {
+struct Target {
+  const char* name;
+  int tile_log2;  ///< -1: plain layout
+};
+// Every SIMD target uses R = 4: one tile is 4 output rows (an AVX2 / NEON register of 4 row sums).
+constexpr Target kTargets[] = {
+    {"host", 2}, {"x86-64-avx2", 2}, {"x86-64-avx512", 2}, {"arm64-neon-dotprod", 2}, {"generic", -1},
+};
+
+/// Stores every quantized weight that artifact::tiled_problem() accepts in the tiled layout with
+/// 2^log2_rows rows per tile (lossless, formats/artifact/pack.h); the plan follows the stored dtype,
+/// flags and group (its bits, hence bpw, are unchanged). Weights that cannot be tiled stay plain and
+/// are listed in s->untiled with the reason.
+Status tile_weights(uint32_t log2_rows, CompileSummary* s) {
+  for (quant::TensorPlan& p : s->quant.plan) {
+    auto it = s->quant.tensors.find(p.name);
+    if (it == s->quant.tensors.end()) continue;
+    quant::QuantTensor& qt = it->second;
+    artifact::TensorRecord rec{p.name, qt.dtype, {qt.rows, qt.cols}, uint32_t(qt.group_size), std::move(qt.payload), qt.flags};
+    if (const char* why = artifact::tiled_problem(rec)) {
+      s->untiled.emplace_back(p.name, why);
+      qt.payload = std::move(rec.payload);
+      continue;
+    }
+    artifact::TensorRecord t;
+    std::string err;
+    if (!artifact::pack_tiled(rec, log2_rows, &t, &err)) return Internal("tiled layout: " + err);
+    qt.dtype = p.dtype = t.dtype;
+    qt.flags = p.flags = t.flags;
+    qt.group_size = p.group_size = int32_t(t.group_size);
+    qt.payload = std::move(t.payload);
+  }
+  return Status::Ok();
+}
+}  // namespace
+
 const std::vector<std::string>& known_targets() {
-  static const std::vector<std::string> t = {"host"};
+  static const std::vector<std::string> t = [] {
+    std::vector<std::string> v;
+    for (const Target& k : kTargets) v.push_back(k.name);
+    return v;
+  }();
   return t;
+}
+
+int target_tile_log2(const std::string& target) {
+  for (const Target& k : kTargets)
+    if (target == k.name) return k.tile_log2;
+  return -1;
 }
 
 Result<CompileSummary> compile(const CompileOptions& opt) {
   CompileSummary s;
   const auto t_start = std::chrono::steady_clock::now();
   const auto& targets = known_targets();
-  if (std::find(targets.begin(), targets.end(), opt.target) == targets.end())
-    return InvalidArgument("unknown target '" + opt.target + "' (known: host)");
+  if (std::find(targets.begin(), targets.end(), opt.target) == targets.end()) {
+    std::string known;
+    for (const std::string& t : targets) known += (known.empty() ? "" : ", ") + t;
+    return InvalidArgument("unknown target '" + opt.target + "' (known: " + known + ")");
+  }
   KERF_RETURN_IF_ERROR(quant::validate(opt.quant));
   if (opt.output_path.empty()) return InvalidArgument("no output path (-o)");
 
@@ -665,6 +716,15 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   s.quant_seconds = since(t0);
 
   t0 = std::chrono::steady_clock::now();
+  const int tile_log2 = target_tile_log2(opt.target);
+  s.layout = tile_log2 < 0 ? "plain" : "tiled" + std::to_string(1 << tile_log2);
+  extra_meta["compile.layout"] = s.layout;
+  if (tile_log2 >= 0) {
+    KERF_RETURN_IF_ERROR(tile_weights(uint32_t(tile_log2), &s));
+    std::string untiled;
+    for (const auto& [name, why] : s.untiled) untiled += (untiled.empty() ? "" : "; ") + name + ": " + why;
+    if (!untiled.empty()) extra_meta["compile.untiled"] = untiled;
+  }
   EmitOptions eo;
   eo.tokenizer = std::move(tokenizer);
   eo.recipe = s.recipe;
@@ -723,17 +783,26 @@ std::string compile_summary_text(const CompileOptions& opt, const CompileSummary
       os << "\n";
     }
   } else {
-  os << "  tensor                                   precision     group  shape        bits/w  rel.err\n";
+  os << "  tensor                                   precision (stored)   shape        bits/w  rel.err\n";
   for (const auto& p : s.quant.plan) {
-    std::snprintf(buf, sizeof buf, "  %-40s %-12s %6d  %-12s %6.3f  %.4f  (%s)\n", p.name.c_str(), fmt::dtype_name(p.dtype),
-                  p.group_size, (std::to_string(p.rows) + "x" + std::to_string(p.cols)).c_str(),
+    char prec[64];
+    fmt::describe_qtype(p.dtype, p.flags, uint32_t(p.group_size), prec, sizeof prec);
+    std::snprintf(buf, sizeof buf, "  %-40s %-20s %-12s %6.3f  %.4f  (%s)\n", p.name.c_str(), prec,
+                  (std::to_string(p.rows) + "x" + std::to_string(p.cols)).c_str(),
                   static_cast<double>(p.bits) / static_cast<double>(p.rows * p.cols), p.rel_rms_error, p.role.c_str());
     os << buf;
   }
   }
   for (const auto& p : s.quant.kept) {
-    std::snprintf(buf, sizeof buf, "  %-40s %-12s (kept: %s, not counted in bpw)\n", p.name.c_str(), "f32", p.role.c_str());
+    std::snprintf(buf, sizeof buf, "  %-40s %-20s (kept: %s, not counted in bpw)\n", p.name.c_str(), "f32", p.role.c_str());
     os << buf;
+  }
+  if (!s.layout.empty()) {
+    os << "  weight layout: " << s.layout << " (target " << opt.target << ")";
+    if (s.layout != "plain")
+      os << ": " << s.quant.plan.size() - s.untiled.size() << " of " << s.quant.plan.size() << " weight matrices tiled";
+    os << "\n";
+    for (const auto& [name, why] : s.untiled) os << "    not tiled: " << name << ": " << why << "\n";
   }
   std::snprintf(buf, sizeof buf, "  effective bits per weight: %.4f over %lld weights (EVAL.md)\n  artifact: %llu bytes\n",
                 s.quant.bpw, static_cast<long long>(s.quant.weight_count), static_cast<unsigned long long>(s.bytes));

@@ -16,7 +16,7 @@ struct CompileOptions {
   std::string model_path;
   std::string output_path;
   std::string tokenizer_path;        ///< empty: the only tokenizer.bin / tok*.bin beside the model
-  std::string target = "host";       ///< device profile; v1 knows "host" (scalar CPU)
+  std::string target = "host";       ///< device profile, one of known_targets() (weight layout, target_tile_log2())
   quant::QuantOptions quant;         ///< default: INT4 asym g32 linears, INT8 per-row embedding
   bool verify_lift = true;           ///< run imported and lifted graphs on a probe and compare logits
   int threads = 0;                   ///< LibTorch threads (0 = all cores)
@@ -76,10 +76,19 @@ struct CompileSummary {
   std::vector<std::string> distill_log;
   double prune_seconds = 0, distill_seconds = 0;
   int distributed_rank = 0;           ///< > 0: a data-parallel distillation worker; nothing was written
+  // Weight layout (formats/SPEC.md 6.6), recorded as metadata "compile.layout" / "compile.untiled".
+  std::string layout;                 ///< "tiled4" (R = 4 rows per tile) or "plain"
+  std::vector<std::pair<std::string, std::string>> untiled;  ///< tiled target: (weight, reason) of those left plain
 };
 
-/// Known target names.
+/// Known target names: "host" (this machine), "x86-64-avx2", "x86-64-avx512", "arm64-neon-dotprod"
+/// (weights in the tiled layout, R = 4 rows per tile, for runtime-lite's integer kernels) and
+/// "generic" (the plain layout: runtime-lite's portable scalar path).
 const std::vector<std::string>& known_targets();
+
+/// log2 of the rows per tile R of `target`'s tiled weight layout (2 for R = 4); -1 for "generic"
+/// (plain layout) and for unknown names.
+int target_tile_log2(const std::string& target);
 
 /// Compiles. Errors: kInvalidArgument (unknown target, bad quant options, no tokenizer), and the
 /// import / pass / quantization / write errors, each naming the file, node or tensor. Nothing is

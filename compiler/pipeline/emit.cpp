@@ -141,9 +141,11 @@ Result<artifact::ArtifactBuilder> build_artifact(const ir::Graph& g, const quant
   b.add_meta_float(fmt::meta::kBpw, q.bpw);
   for (const auto& p : q.plan) {
     std::string desc;
+    char buf[96];
     if (!p.precision.empty()) {
-      char buf[96];
       desc = p.precision + " " + p.method + " " + p.role;
+      if (fmt::dtype_is_generic_quant(p.dtype) && fmt::qflags_layout(p.flags) == fmt::Layout::kTiled)
+        desc += " layout=t" + std::to_string(fmt::qflags_tile_rows(p.flags));
       std::snprintf(buf, sizeof buf, " rel.err=%.4f", p.rel_rms_error);
       desc += buf;
       if (p.output_error >= 0) {
@@ -155,9 +157,8 @@ Result<artifact::ArtifactBuilder> build_artifact(const ir::Graph& g, const quant
         desc += buf;
       }
     } else {
-      desc = std::string(fmt::dtype_name(p.dtype));
-      if (p.group_size) desc += " g" + std::to_string(p.group_size);
-      desc += " " + p.method + " " + p.role;
+      desc = std::string(fmt::describe_qtype(p.dtype, p.flags, uint32_t(p.group_size), buf, sizeof buf)) + " " + p.method +
+             " " + p.role;
     }
     b.add_meta_string("quant.tensor." + p.name, desc);
   }

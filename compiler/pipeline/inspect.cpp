@@ -56,7 +56,8 @@ Result<std::string> inspect_artifact(const std::string& path, bool full) {
     }
   }
   os << "\ntensors:\n";
-  std::snprintf(buf, sizeof buf, "  %-40s %-8s %-14s %6s %10s\n", "name", "dtype", "shape", "group", "bytes");
+  // precision: fmt::describe_qtype, e.g. "f32", "q8_sym g64", "qasym4/f16 g32 t4" (tiled, 4 rows per tile)
+  std::snprintf(buf, sizeof buf, "  %-40s %-20s %-14s %6s %10s\n", "name", "precision", "shape", "group", "bytes");
   os << buf;
   uint64_t total = 0;
   for (int i = 0; i < kerf_model_tensor_count(m); ++i) {
@@ -65,7 +66,7 @@ Result<std::string> inspect_artifact(const std::string& path, bool full) {
     std::string shape = "[";
     for (uint32_t d = 0; d < ti.rank; ++d) shape += (d ? "," : "") + std::to_string(ti.shape[d]);
     shape += "]";
-    std::snprintf(buf, sizeof buf, "  %-40s %-16s %-14s %6u %10llu\n", ti.name, (ti.precision ? ti.precision : ti.dtype_name), shape.c_str(), ti.group_size,
+    std::snprintf(buf, sizeof buf, "  %-40s %-20s %-14s %6u %10llu\n", ti.name, (ti.precision ? ti.precision : ti.dtype_name), shape.c_str(), ti.group_size,
                   static_cast<unsigned long long>(ti.bytes));
     os << buf;
     total += ti.bytes;
