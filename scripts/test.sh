@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j2
-cd build && OMP_WAIT_POLICY=passive ctest --output-on-failure
+(cd build && OMP_WAIT_POLICY=passive ctest --output-on-failure)
+# runtime-lite cross-built for aarch64 and run under qemu (every ISA), plus x86 == aarch64 greedy text.
+KERF_HOST_BUILD=build bash scripts/test-aarch64.sh
