@@ -62,14 +62,6 @@ bool AlignedBuf::reserve(size_t n) {
   bytes = rounded;
   return true;
 }
-bool AlignedBuf::zeros(size_t n) {
-  std::free(p);
-  p = nullptr;
-  bytes = 0;
-  if (!reserve(n)) return false;
-  std::memset(p, 0, bytes);
-  return true;
-}
 
 bool set_reference_kernels(kerf_session* s, bool on) {
   if (!s || (on && s->kv_f16)) return false;
@@ -250,7 +242,8 @@ bool alloc_kv(const kerf_model* m, int n_ctx, bool kv_f16, std::vector<AlignedBu
   for (const OpInfo& op : m->ops) {
     if (op.op != OpCode::kAttention) continue;
     const size_t n = size_t(n_ctx) * size_t(op.n_kv_heads * op.head_dim) * (kv_f16 ? 2 : 4);
-    if (!(*k)[size_t(op.kv_slot)].zeros(n) || !(*v)[size_t(op.kv_slot)].zeros(n)) return false;
+    // Not zeroed (pages stay untouched until used): attention reads only positions kv_store wrote.
+    if (!(*k)[size_t(op.kv_slot)].reserve(n) || !(*v)[size_t(op.kv_slot)].reserve(n)) return false;
   }
   return true;
 }
@@ -514,7 +507,7 @@ int kerf_session_set_kv_type(kerf_session* s, int type) {
   s->kcache.swap(k);
   s->vcache.swap(v);
   s->kv_f16 = type == KERF_KV_F16;
-  if (s->kv_f16) s->reference = false;  // the reference attention reads f32 caches
+  if (s->kv_f16 && s->reference) kerf::rt::set_reference_kernels(s, false);  // the reference attention reads f32 caches
   s->pos = 0;
   return KERF_OK;
 }

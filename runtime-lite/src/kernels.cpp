@@ -518,9 +518,6 @@ void f16_to_f32_row(const uint16_t* in, float* out, int64_t n) { f16_to_f32_row_
 void dequant_row_fast(const WeightView& w, int64_t r, float* out) {
   if (w.dtype == fmt::DType::kF16) {
     f16_to_f32_row(reinterpret_cast<const uint16_t*>(w.data) + r * w.cols, out, w.cols);
-  } else if (w.dtype == fmt::DType::kBF16) {
-    const uint8_t* p = w.data + 2 * r * w.cols;
-    for (int64_t c = 0; c < w.cols; ++c) out[c] = fmt::bf16_to_f32(rd16(p + 2 * c));
   } else {
     dequant_row(w, r, out);
   }
@@ -559,6 +556,52 @@ void kv_store(const KVView& kv, const float* k, const float* v, int64_t T, int64
 void attention_fast(const AttnShape& s, const float* q, int64_t Tq, int64_t qpos0, int64_t n_kv, const KVView& kv,
                     int64_t i0, int64_t i1, float* out, float* scores) {
   attention_cloned(s, q, Tq, qpos0, n_kv, kv, i0, i1, out, scores);
+}
+
+// ---------------------------------------------------------------- tiled layout (SPEC 6.6)
+// Views and the scalar dequantization of one row (qkernels.h); the integer kernels are in qkernels*.cpp.
+
+bool tiled_view(const WeightView& w, TiledView* out) {
+  if (!fmt::dtype_is_generic_quant(w.dtype) || fmt::qflags_layout(w.flags) != fmt::Layout::kTiled) return false;
+  TiledView v;
+  v.dtype = w.dtype;
+  v.bits = fmt::qflags_bits(w.flags);
+  v.rows = w.rows;
+  v.cols = w.cols;
+  v.L = fmt::tiled_layout(w.dtype, uint64_t(w.rows), uint64_t(w.cols), w.group, w.flags);
+  v.data = w.data;
+  *out = v;
+  return true;
+}
+
+void dequant_row_tiled(const TiledView& w, int64_t r, float* out) {
+  const fmt::TiledLayout& L = w.L;
+  const uint8_t* tile = w.data + uint64_t(r) / L.R * L.tile_bytes;
+  const uint64_t i = uint64_t(r) % L.R;
+  const bool asym = w.dtype == fmt::DType::kQAsym;
+  // q = u - zero (qsym: 2^(b-1), ternary: 1), binary q = 2u - 1; qasym w = (s * u) + m.
+  const int zero = w.dtype == fmt::DType::kQSym ? 1 << (w.bits - 1) : w.dtype == fmt::DType::kTernary ? 1 : 0;
+  const int mul = w.dtype == fmt::DType::kBinary ? 2 : 1;
+  const int neg = w.dtype == fmt::DType::kBinary ? 1 : zero;
+  const uint32_t width = uint32_t(L.cb / 4);  // code bits: 4 bytes per bit of 32 codes
+  uint8_t u[fmt::kTileBlock];
+  for (uint64_t kb = 0; kb < L.KB; ++kb) {
+    const uint8_t* pp = tile + L.param_offset(kb / L.gpb) + 2 * i;
+    const float s = fmt::f16_to_f32(rd16(pp));
+    const float m = asym ? fmt::f16_to_f32(rd16(pp + 2 * L.R)) : 0.f;
+    const uint8_t* src = tile + L.block_offset(kb) + i * L.cb;
+    fmt::tiled_get_block(width, src, u);
+    const uint64_t c0 = kb * fmt::kTileBlock;
+    const uint64_t n = uint64_t(w.cols) - c0 < fmt::kTileBlock ? uint64_t(w.cols) - c0 : fmt::kTileBlock;
+    if (asym) {
+      for (uint64_t e = 0; e < n; ++e) {
+        const float p = s * float(u[e]);
+        out[c0 + e] = p + m;
+      }
+    } else {
+      for (uint64_t e = 0; e < n; ++e) out[c0 + e] = s * float(mul * int(u[e]) - neg);
+    }
+  }
 }
 
 }  // namespace kerf::rt

@@ -139,8 +139,6 @@ struct AlignedBuf {
   ~AlignedBuf();
   /// Ensures room for `n` bytes (contents not kept when it grows); false on allocation failure.
   bool reserve(size_t n);
-  /// Allocates `n` zeroed bytes; false on failure.
-  bool zeros(size_t n);
   template <class T>
   T* as() const { return static_cast<T*>(p); }
 };

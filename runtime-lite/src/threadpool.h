@@ -94,7 +94,7 @@ class ThreadPool {
   int n_threads_ = 1;
   std::vector<Worker> workers_;
   Job jobs_[2];
-  bool stopping_ = false;
+  std::atomic<bool> stopping_{false};
   uint32_t start_gen_ = 0;  ///< generation when the workers were started
   int64_t spin_ns_ = kSpinNs;
   alignas(64) std::atomic<uint32_t> generation_{0};  ///< region g uses jobs_[g & 1]

@@ -199,6 +199,26 @@ double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
 
 }  // namespace
 
+TEST_CASE("an f16 KV cache turns the reference kernels off, and the session then runs the fast path", "[executor][fast]") {
+  LlamaCfg c;
+  const Weights w = stories260k(&c);
+  REQUIRE(!w.empty());
+  Loaded L(c, w, fmt::DType::kF32, 32, 0);
+  const std::vector<int32_t> toks = {1, 403, 407, 261};
+  const std::vector<float> want = logits_of(L.m, toks, false, KERF_KV_F16);
+  kerf_session* s = nullptr;
+  REQUIRE(kerf_session_create(L.m, 0, &s) == KERF_OK);
+  REQUIRE(kerf::rt::set_reference_kernels(s, true));
+  std::vector<float> got(want.size());
+  // Sizes the reference path's buffers for 4 tokens, then switches: the fast path must size its own.
+  REQUIRE(kerf_session_eval(s, toks.data(), int(toks.size()), got.data(), 1) == KERF_OK);
+  REQUIRE(kerf_session_set_kv_type(s, KERF_KV_F16) == KERF_OK);
+  CHECK_FALSE(kerf::rt::set_reference_kernels(s, true));  // the reference attention reads f32 caches
+  REQUIRE(kerf_session_eval(s, toks.data(), int(toks.size()), got.data(), 1) == KERF_OK);
+  kerf_session_free(s);
+  CHECK(max_abs_diff(got.data(), want.data(), want.size()) == 0.0);
+}
+
 TEST_CASE("fast kernels reproduce the scalar reference kernels within 1e-5 on stories260K", "[executor][fast][stories260K]") {
   LlamaCfg c;
   const Weights w = stories260k(&c);
