@@ -109,7 +109,8 @@ Result<double> measure_read_bandwidth(uint64_t bytes, int threads, int passes) {
   }
   uint64_t check = 0;
   for (uint64_t s : sink) check += s;
-  if (check != uint64_t(n) * uint64_t(n - 1) / 2) return Internal("bandwidth buffer read back wrong");
+  const uint64_t un = uint64_t(n);  // sum of 0 .. n-1 without overflowing n * (n - 1)
+  if (check != (un % 2 == 0 ? un / 2 * (un - 1) : un * ((un - 1) / 2))) return Internal("bandwidth buffer read back wrong");
   std::sort(gbs.begin(), gbs.end());
   return gbs[gbs.size() / 2];
 }
