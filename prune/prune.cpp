@@ -15,12 +15,6 @@
 namespace kerf::prune {
 namespace {
 
-const ir::Node* node_named(const ir::Graph& g, const std::string& name) {
-  for (const auto& n : g.nodes)
-    if (n.name == name) return &n;
-  return nullptr;
-}
-
 const ir::Node* producer_node(const ir::Graph& g, const std::string& v) {
   const int p = g.producer(v);
   return p < 0 ? nullptr : &g.nodes[static_cast<size_t>(p)];
