@@ -331,10 +331,7 @@ std::vector<uint8_t> ArtifactBuilder::serialize(std::string* err) const {
   }
 }
 
-std::string ArtifactBuilder::write(const std::string& path) const {
-  std::string err;
-  const std::vector<uint8_t> bytes = serialize(&err);
-  if (!err.empty()) return path + ": " + err;
+std::string write_file_atomic(const std::string& path, const void* data, size_t n) {
   const size_t slash = path.rfind('/');
   const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   std::string tmpl = path + ".tmp.XXXXXX";
@@ -350,13 +347,13 @@ std::string ArtifactBuilder::write(const std::string& path) const {
     return msg;
   };
   size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
+  while (done < n) {
+    const ssize_t w = ::write(fd, static_cast<const uint8_t*>(data) + done, n - done);
+    if (w < 0) {
       if (errno == EINTR) continue;
       return fail("write");
     }
-    done += size_t(n);
+    done += size_t(w);
   }
   if (::fchmod(fd, 0644) != 0) return fail("fchmod");
   if (::fsync(fd) != 0) return fail("fsync");
@@ -376,6 +373,14 @@ std::string ArtifactBuilder::write(const std::string& path) const {
     ::close(dfd);
   }
   return "";
+}
+
+
+std::string ArtifactBuilder::write(const std::string& path) const {
+  std::string err;
+  const std::vector<uint8_t> bytes = serialize(&err);
+  if (!err.empty()) return path + ": " + err;
+  return write_file_atomic(path, bytes.data(), bytes.size());
 }
 
 }  // namespace kerf::artifact

@@ -68,6 +68,12 @@ inline uint32_t tensor_ref(uint32_t tensor_index) { return tensor_index | fmt::k
 fmt::OpAttr attr_int(fmt::AttrKey key, int64_t v);
 fmt::OpAttr attr_float(fmt::AttrKey key, double v);
 
+/// Writes `n` bytes at `data` to `path` atomically: a temporary file in the same directory (mkstemp),
+/// fsync, rename over `path`, fsync of the directory (best effort). Returns "" on success, else
+/// "path: <syscall>: <strerror>"; on error `path` is untouched and the temporary file is removed.
+/// The one atomic-write routine of kerf (artifacts, manifests, reports).
+std::string write_file_atomic(const std::string& path, const void* data, size_t n);
+
 /// Collects an artifact in memory and serializes it. Setting a metadata key twice keeps the last
 /// value; metadata is written sorted by key. Tensors are written in add order.
 class ArtifactBuilder {
