@@ -5,14 +5,23 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <memory>
+#include <tuple>
+#include <vector>
 #include <malloc.h>
 #include <unistd.h>
 
 #include "compiler/pipeline/bench.h"
+#include "compiler/pipeline/build_info.h"
 #include "compiler/pipeline/inspect.h"
+#include "compiler/pipeline/report_html.h"
 #include "compiler/ir/ir_text.h"
 #include "compiler/pipeline/compile.h"
 #include "compiler/pipeline/eval.h"
+#include "compiler/pipeline/progress.h"
+#include "compiler/pipeline/verify.h"
+#include "formats/artifact/writer.h"
 #include "quant/qspec.h"
 #include "passes/registry.h"
 
@@ -23,8 +32,13 @@
 namespace {
 
 int fail(const kerf::Status& st) {
-  std::fprintf(stderr, "kerf: %s\n", st.to_string().c_str());
-  return kerf::exit_code_for(st.code());
+  const int code = kerf::exit_code_for(st.code());
+  if (kerf::progress::Reporter* r = kerf::progress::current()) {
+    r->error(st.to_string(), code);  // "kerf: ..." below any progress bars, or an "error" event (--log-json)
+  } else {
+    std::fprintf(stderr, "kerf: %s\n", st.to_string().c_str());
+  }
+  return code;
 }
 
 kerf::Result<kerf::fmt::DType> parse_dtype(const std::string& s) {
@@ -36,27 +50,25 @@ kerf::Result<kerf::fmt::DType> parse_dtype(const std::string& s) {
   return kerf::InvalidArgument("unknown precision '" + s + "' (known: q4_asym, q8_sym, f16, f32)");
 }
 
-// Writes text to path atomically (temp + rename).
+// Writes text to path atomically (kerf::artifact::write_file_atomic).
 kerf::Status write_text(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) return kerf::IoError(path + ": cannot write");
-    f << text;
-    f.flush();
-    if (!f) {
-      std::remove(tmp.c_str());
-      return kerf::IoError(path + ": write failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return kerf::IoError(path + ": rename failed: " + std::strerror(errno));
-  }
-  return kerf::Status::Ok();
+  const std::string err = kerf::artifact::write_file_atomic(path, text.data(), text.size());
+  return err.empty() ? kerf::Status::Ok() : kerf::IoError(err);
 }
 
 }  // namespace
+
+/// Progress / log flags of the long-running subcommands (compile, distill, eval, verify); one set per
+/// process, since one subcommand runs (compiler/pipeline/progress.h chooses the mode from them).
+struct ProgressFlags {
+  bool quiet = false, log_json = false;
+};
+void add_progress_flags(CLI::App* c, ProgressFlags& f) {
+  c->add_flag("-q,--quiet", f.quiet, "no progress bars or information lines (errors only)");
+  c->add_flag("--log-json", f.log_json,
+              "machine-readable log: one JSON object per line on stderr (start / progress / done / log / timing / "
+              "error events, compiler/pipeline/progress.h); wins over --quiet");
+}
 
 /// The pruning / distillation options shared by `kerf compile` and `kerf distill`.
 void add_pruning_options(CLI::App* c, kerf::pipeline::CompileOptions& o) {
@@ -81,7 +93,9 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{"kerf " KERF_VERSION ": compress an LLM (ONNX) into a .kerf artifact for runtime-lite, and report its accuracy"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", KERF_VERSION);
+  app.set_version_flag("--version", std::string("kerf ") + KERF_VERSION + " (commit " + kerf::kerf_commit() + ")");
+
+  ProgressFlags pflags;  // -q / --log-json of whichever subcommand runs
 
   // compile
   kerf::pipeline::CompileOptions copt;
@@ -120,8 +134,11 @@ int main(int argc, char** argv) {
   add_pruning_options(compile, copt);
   compile->add_option("--student", copt.student_path, "compile the pruned + distilled student of a `kerf distill` checkpoint");
   compile->add_option("--qad-steps", copt.qad_steps, "final quantization-aware distillation steps (default with pruning: 20 % of --distill-steps; 0 = none, quantize post-training)");
-  bool compile_quiet = false;
-  compile->add_flag("-q,--quiet", compile_quiet, "no progress lines");
+  add_progress_flags(compile, pflags);
+  bool compile_time = false;
+  compile->add_flag("--time", compile_time,
+                    "print where the compile time went (wall seconds and % per stage: a table after the summary, a "
+                    "\"timing\" event with --log-json)");
 
   // distill: pruning + knowledge distillation only, to a checkpoint (`kerf compile --student` quantizes it)
   kerf::pipeline::CompileOptions dopt;
@@ -135,13 +152,11 @@ int main(int argc, char** argv) {
   distill->add_option("--threads", dopt.threads, "LibTorch threads (0 = all cores)")->capture_default_str();
   distill->add_option("--tokenizer", dopt.tokenizer_path, "llama2.c tokenizer file (default: beside the model)");
   add_pruning_options(distill, dopt);
-  bool distill_quiet = false;
-  distill->add_flag("-q,--quiet", distill_quiet, "no progress lines");
+  add_progress_flags(distill, pflags);
 
   // eval
   kerf::pipeline::EvalOptions eopt;
   std::string stories = "400:800", json_path, md_path;
-  bool quiet = false;
   auto* eval = app.add_subcommand("eval", "EVAL.md protocol: artifact (runtime-lite) vs FP reference (LibTorch)");
   eval->add_option("artifact", eopt.artifact_path, ".kerf artifact")->required();
   eval->add_option("--reference", eopt.reference_path, "FP model the artifact was compiled from (ONNX)");
@@ -150,7 +165,34 @@ int main(int argc, char** argv) {
   eval->add_option("--json", json_path, "write the JSON report here");
   eval->add_option("--markdown", md_path, "write the Markdown report here");
   eval->add_option("--threads", eopt.threads, "LibTorch threads for the reference (0 = all cores)")->capture_default_str();
-  eval->add_flag("-q,--quiet", quiet, "no progress line");
+  add_progress_flags(eval, pflags);
+
+  // verify: the EVAL.md metrics against thresholds and a baseline report (exit 6 when a check fails)
+  kerf::pipeline::VerifyOptions vopt;
+  std::string vstories = "400:800", vjson, vhtml;
+  std::vector<std::pair<std::string, std::string>> vflags;  // threshold key, flag
+  std::map<std::string, std::string> vtexts;                  // flag -> text given
+  auto* verify = app.add_subcommand("verify", "CI gate: measure an artifact (EVAL.md), check it against thresholds and a baseline report");
+  verify->add_option("artifact", vopt.eval.artifact_path, ".kerf artifact")->required();
+  verify->add_option("--reference", vopt.eval.reference_path, "FP model the artifact was compiled from (ONNX / TorchScript)")->required();
+  verify->add_option("--text", vopt.eval.text_path, "text file of stories separated by <|endoftext|> lines")->required();
+  verify->add_option("--stories", vstories, "story range A:B")->capture_default_str();
+  for (const auto& [key, flag, help] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"max_ppl_increase", "--max-ppl-increase", "fail when ppl / ppl_reference - 1 exceeds this (5% or 0.05)"},
+           {"min_top1", "--min-top1", "fail when top-1 agreement with the reference is below this (0.85 or 85%)"},
+           {"max_kl", "--max-kl", "fail when mean KL(reference || artifact) exceeds this many nats per token"},
+           {"max_ppl_regression", "--max-ppl-regression", "with --baseline: fail when ppl / baseline ppl - 1 exceeds this (default 1%)"},
+           {"max_kl_regression", "--max-kl-regression", "with --baseline: fail when kl - baseline kl exceeds this many nats (default 0.005)"},
+           {"max_top1_regression", "--max-top1-regression", "with --baseline: fail when top-1 drops by more than this (default 0.01)"}}) {
+    vflags.emplace_back(key, flag);
+    verify->add_option(flag, vtexts[flag], help + "; overrides the recipe's verify: section");
+  }
+  verify->add_option("--baseline", vopt.baseline_path, "an earlier report (kerf eval / verify --json) to compare with");
+  verify->add_option("--json", vjson, "write the kerf.report/1 report with its verification here (docs/report.md)");
+  verify->add_option("--html", vhtml, "write the self-contained HTML report here");
+  verify->add_flag("--bench", vopt.bench, "also measure runtime-lite speed (1 thread, 64-token prefill, 32 decode steps)");
+  verify->add_option("--threads", vopt.eval.threads, "LibTorch threads for the reference (0 = all cores)")->capture_default_str();
+  add_progress_flags(verify, pflags);
 
   // inspect
   std::string inspect_path, pipeline = "canonicalize";
@@ -176,11 +218,25 @@ int main(int argc, char** argv) {
   bench->add_option("--bandwidth-mib", bopt.bandwidth_mib, "buffer of the read-bandwidth measurement (0 = skip)")->capture_default_str();
   bench->add_option("--json", bench_json, "write the JSON report here (keys: compiler/pipeline/bench.h)");
 
+  // report: a kerf.report/1 JSON report as one self-contained HTML page
+  kerf::pipeline::ReportOptions ropt;
+  auto* report = app.add_subcommand("report", "render a JSON report (kerf eval / verify --json) as a self-contained HTML page");
+  report->add_option("report", ropt.report_path, "kerf.report/1 (or kerf.eval/1) JSON report")->required();
+  report->add_option("--baseline", ropt.baseline_path, "an earlier report to diff against (regressions highlighted)");
+  report->add_option("--curve", ropt.curve_paths, "reports at other bit budgets: plot perplexity against bits per weight");
+  report->add_option("-o,--output", ropt.output_path, "HTML file to write (atomically)")->required();
+
   CLI11_PARSE(app, argc, argv);
+
+  // Progress and logs on stderr: bars on a terminal, plain lines otherwise, JSON lines, or quiet.
+  const kerf::progress::Mode pmode = kerf::progress::choose_mode(pflags.quiet, pflags.log_json, isatty(STDERR_FILENO));
+  const std::unique_ptr<kerf::progress::Reporter> reporter = kerf::progress::make_stderr_reporter(pmode);
+  const kerf::progress::ScopedReporter scoped_reporter(reporter.get());
+  const bool show_progress = pmode != kerf::progress::Mode::kQuiet;
 
   if (*compile) {
     copt.verify_lift = !no_verify;
-    copt.progress = !compile_quiet;
+    copt.progress = show_progress;
     if (!calib_stories.empty()) {
       auto cr = kerf::pipeline::parse_story_range(calib_stories);
       if (!cr.ok()) return fail(cr.status().with_context("--calib-stories"));
@@ -215,11 +271,19 @@ int main(int argc, char** argv) {
       return 0;
     }
     std::cout << kerf::pipeline::compile_summary_text(copt, *r);
+    if (compile_time) {
+      const auto rows = kerf::pipeline::compile_timing(*r);
+      if (pmode == kerf::progress::Mode::kJson) {
+        reporter->timing(rows, r->total_seconds);
+      } else {
+        std::cout << kerf::progress::timing_table(rows, r->total_seconds);
+      }
+    }
     return 0;
   }
   if (*distill) {
     dopt.distill_only = true;
-    dopt.progress = !distill_quiet;
+    dopt.progress = show_progress;
     if (!dcalib_stories.empty()) {
       auto cr = kerf::pipeline::parse_story_range(dcalib_stories);
       if (!cr.ok()) return fail(cr.status().with_context("--calib-stories"));
@@ -243,9 +307,10 @@ int main(int argc, char** argv) {
     auto range = kerf::pipeline::parse_story_range(stories);
     if (!range.ok()) return fail(range.status());
     eopt.stories = *range;
-    eopt.progress = !quiet && isatty(2);
+    eopt.progress = show_progress;
     auto r = kerf::pipeline::evaluate(eopt);
     if (!r.ok()) return fail(r.status());
+    r->tool_version = KERF_VERSION;
     const std::string md = kerf::pipeline::eval_report_markdown(*r);
     std::cout << md;
     if (!json_path.empty()) {
@@ -255,6 +320,40 @@ int main(int argc, char** argv) {
     if (!md_path.empty()) {
       auto st = write_text(md_path, md);
       if (!st.ok()) return fail(st);
+    }
+    return 0;
+  }
+  if (*verify) {
+    for (const auto& [key, flag] : vflags)
+      if (verify->count(flag) > 0) {
+        auto st = kerf::pipeline::set_threshold(&vopt.thresholds, key, flag, vtexts[flag]);
+        if (!st.ok()) return fail(st);
+      }
+    auto range = kerf::pipeline::parse_story_range(vstories);
+    if (!range.ok()) return fail(range.status().with_context("--stories"));
+    vopt.eval.stories = *range;
+    vopt.eval.progress = show_progress;
+    vopt.tool_version = KERF_VERSION;
+    auto r = kerf::pipeline::run_verify(vopt);
+    if (!r.ok()) return fail(r.status());
+    std::cout << kerf::pipeline::verify_table(*r) << std::flush;
+    if (!vjson.empty()) {
+      auto st = write_text(vjson, r->report.dump(2) + "\n");
+      if (!st.ok()) return fail(st);
+    }
+    if (!vhtml.empty()) {
+      const nlohmann::ordered_json* base = r->baseline ? &*r->baseline : nullptr;
+      auto st = write_text(vhtml, kerf::pipeline::render_report_html(r->report, base, {}));
+      if (!st.ok()) return fail(st);
+    }
+    auto m = kerf::pipeline::record_verification_in_manifest(vopt.eval.artifact_path, *r);
+    if (!m.ok()) return fail(m.status());
+    if (!m->empty() && pmode != kerf::progress::Mode::kQuiet) std::cout << "kerf verify: recorded the verification in " << *m << "\n";
+    if (!r->passed) {
+      const std::string line = kerf::pipeline::verify_failure_line(*r);
+      if (pmode == kerf::progress::Mode::kJson) reporter->error(line, kerf::exit_code_for(kerf::ErrorCode::kVerificationFailed));
+      else std::fprintf(stderr, "%s\n", line.c_str());
+      return kerf::exit_code_for(kerf::ErrorCode::kVerificationFailed);
     }
     return 0;
   }
@@ -272,6 +371,12 @@ int main(int argc, char** argv) {
       auto st = write_text(bench_json, kerf::pipeline::bench_report_json(*r));
       if (!st.ok()) return fail(st);
     }
+    return 0;
+  }
+  if (*report) {
+    auto st = kerf::pipeline::write_report_html(ropt);
+    if (!st.ok()) return fail(st);
+    std::cout << "kerf report: wrote " << ropt.output_path << "\n";
     return 0;
   }
   if (*passes) {

@@ -14,6 +14,7 @@
 #include <random>
 #include <sstream>
 
+#include "compiler/pipeline/progress.h"
 #include "distill/checkpoint.h"
 #include "distill/dist_torch.h"
 #include "distill/reference.h"
@@ -270,6 +271,8 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
       std::iota(order.begin(), order.end(), size_t{0});
       std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return train[x].size() < train[y].size(); });
       cache.resize(train.size());
+      progress::Task task(opt.label + " teacher", static_cast<int64_t>(order.size()), "sequences",
+                          opt.progress && rank == 0 ? progress::current() : nullptr);
       for (size_t i = 0; i < order.size();) {
         std::vector<const std::vector<int64_t>*> rows;
         std::vector<size_t> ids;
@@ -285,7 +288,9 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
           for (const auto& h : t.taps) c.taps.push_back(h[static_cast<int64_t>(k)].narrow(0, 0, len).clone());
         }
         i = j;
+        task.set(static_cast<int64_t>(j));
       }
+      task.finish();
       char buf[160];
       std::snprintf(buf, sizeof buf, "%s: teacher outputs of %zu training sequences (%zu tokens) cached in %.1f s", opt.label.c_str(),
                     train.size(), total_tokens, since(tc));
@@ -419,6 +424,8 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
   }
   const auto t_train = std::chrono::steady_clock::now();
   const int64_t tokens_at_start = tokens_seen;
+  // Progress task over the optimizer steps (rank 0 only); validation lines stay log lines.
+  progress::Task task(opt.label, opt.steps, "steps", opt.progress && rank == 0 ? progress::current() : nullptr, first_step - 1);
   for (int step = first_step; step <= opt.steps; ++step) {
     std::vector<const std::vector<int64_t>*> rows;
     std::vector<size_t> ids;
@@ -523,7 +530,13 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
       }
     }
     if ((opt.checkpoint_every > 0 && step % opt.checkpoint_every == 0) || step == opt.steps) KERF_RETURN_IF_ERROR(checkpoint(step));
+    {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "loss %.4f", loss_avg);
+      task.step("", buf);
+    }
   }
+  task.finish();
   rep.steps = opt.steps;
   rep.seconds = since(t0);
   rep.tokens_per_second = static_cast<double>(tokens_seen - tokens_at_start) / std::max(since(t_train), 1e-9);

@@ -39,7 +39,10 @@ struct QadOptions {
   int eval_every = 50;           ///< validation KL every N steps (and at the end)
   uint64_t seed = 0;
   int threads = 0;               ///< LibTorch threads (0 = all cores)
-  std::function<void(const std::string&)> progress;  ///< "qad step 50/300 loss 0.41 val.kl 0.38 1234 tok/s ETA 40 s"
+  /// Information lines (rank 0): set-up and one per validation, "qad step 50/300 loss 0.41 val.kl 0.38
+  /// 1234 tok/s ETA 40 s"; null = silent. When set, the steps are also a progress task named `label`
+  /// (unit "steps") of the installed progress reporter (compiler/pipeline/progress.h).
+  std::function<void(const std::string&)> progress;
   std::string label = "qad";     ///< progress / log prefix ("distill" for plain knowledge distillation)
   bool bucket = true;            ///< batches of sequences of similar length (less padding); else uniform sampling
   bool cache_teacher = true;     ///< compute the teacher's logits (and hidden taps) once per training sequence
@@ -90,7 +93,9 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
 /// with `bos` and ending before the first `bos` / `eos` the model emits or at `max_len` tokens;
 /// ancestral sampling at `temperature` with a seeded RNG (deterministic for a seed and thread
 /// count), generated in batches of up to 256 with the executor's KV cache. Sequences shorter than
-/// 2 tokens are dropped. Errors: kInvalidArgument (n < 1, max_len < 2, temperature <= 0), executor errors.
+/// 2 tokens are dropped. The batches are a progress task ("teacher samples") of the installed progress
+/// reporter, if any (compiler/pipeline/progress.h). Errors: kInvalidArgument (n < 1, max_len < 2,
+/// temperature <= 0), executor errors.
 Result<std::vector<std::vector<int64_t>>> sample_from_teacher(const ir::Graph& teacher, int n, int64_t max_len, double temperature,
                                                               uint64_t seed, int64_t bos, int64_t eos, int threads);
 

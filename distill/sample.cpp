@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 
+#include "compiler/pipeline/progress.h"
 #include "distill/qad.h"
 #include "distill/reference.h"
 
@@ -20,6 +21,7 @@ Result<std::vector<std::vector<int64_t>>> sample_from_teacher(const ir::Graph& t
   if (!ex.has_kv_cache()) return InvalidArgument("teacher sampling needs a lifted graph (kerf.Attention with a KV cache)");
   std::mt19937_64 rng(seed);
   std::vector<std::vector<int64_t>> out;
+  progress::Task task("teacher samples", n, "sequences");  // the installed reporter's, if any
   for (int done = 0; done < n;) {
     const int B = std::min(256, n - done);
     std::vector<std::vector<int64_t>> seqs(static_cast<size_t>(B), std::vector<int64_t>{bos});
@@ -58,7 +60,9 @@ Result<std::vector<std::vector<int64_t>>> sample_from_teacher(const ir::Graph& t
     for (auto& s : seqs)
       if (s.size() >= 2) out.push_back(std::move(s));
     done += B;
+    task.set(done);
   }
+  task.finish();
   return out;
 }
 

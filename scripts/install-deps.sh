@@ -10,6 +10,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libtorch-dev libopenblas0-openmp \
   libonnx-dev libprotobuf-dev protobuf-compiler libgloo-dev \
   libeigen3-dev libcli11-dev catch2 nlohmann-json3-dev libyaml-cpp-dev \
-  libbenchmark-dev g++-aarch64-linux-gnu qemu-user-static \
+  libbenchmark-dev libssl-dev g++-aarch64-linux-gnu qemu-user-static chromium \
+  python3-jsonschema \
   >/dev/null
 echo "kerf dependencies installed"

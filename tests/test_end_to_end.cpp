@@ -90,6 +90,10 @@ TEST_CASE("e2e: INT4 artifact of stories260K, EVAL.md on stories 400-799", "[e2e
   CHECK(r->bpw == Approx(5.435).margin(0.001));
   auto j = nlohmann::json::parse(kerf::pipeline::eval_report_json(*r));
   for (const char* k : {"ppl", "ppl_reference", "kl", "top1", "bpw", "bytes"}) CHECK(j.contains(k));
+  CHECK(j["schema"] == "kerf.report/1");  // docs/report.md; tests/test_verify.cpp validates it against the schema
+  CHECK(j["ppl"].get<double>() == r->ppl);
+  CHECK(j["tensors"].size() == r->tensors.size());
+  CHECK(j["placement"][0]["ops"].size() == r->ops.size());
   CHECK(j["bytes"].get<uint64_t>() == std::filesystem::file_size(artifact()));
 }
 

@@ -18,6 +18,7 @@ const char* error_code_name(ErrorCode c) {
     case ErrorCode::kBadInput: return "bad input";
     case ErrorCode::kUnsupported: return "unsupported";
     case ErrorCode::kIo: return "i/o error";
+    case ErrorCode::kVerificationFailed: return "verification failed";
     case ErrorCode::kInternal: return "internal error";
   }
   return "error";
@@ -30,6 +31,7 @@ int exit_code_for(ErrorCode c) {
     case ErrorCode::kBadInput: return 3;
     case ErrorCode::kUnsupported: return 4;
     case ErrorCode::kIo: return 5;
+    case ErrorCode::kVerificationFailed: return 6;
     case ErrorCode::kInternal: return 70;
   }
   return 70;

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "compiler/pipeline/emit.h"
+#include "compiler/pipeline/manifest.h"
 #include "compiler/pipeline/model_io.h"
 #include "compiler/pipeline/recipe_file.h"
 #include "formats/artifact/pack.h"
@@ -167,7 +168,7 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
   s->calibrated = true;
   s->recipe_hash = opt.recipe_path.empty() ? 0 : r.hash;
   auto progress = [&](const std::string& line) {
-    if (opt.progress) std::fprintf(stderr, "%s\n", line.c_str());
+    if (opt.progress) progress::log(line);  // a log line / event of the process's reporter (progress.h)
   };
   KERF_ASSIGN_OR_RETURN(std::vector<quant::WeightUse> uses, quant::enumerate_weights(lifted));
   std::vector<std::string> unmatched;
@@ -186,6 +187,9 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
     std::vector<int64_t> flat;
     for (const auto& q : calib) flat.insert(flat.end(), q.begin(), q.end());
     s->calib_hash = xxh64(flat.data(), flat.size() * sizeof(int64_t), 0);
+    s->calib_range = std::to_string(range.begin) + ":" + std::to_string(range.begin + static_cast<int>(calib.size()));
+    s->calib_sequences = static_cast<int64_t>(calib.size());
+    s->calib_token_count = static_cast<int64_t>(flat.size());
     progress("calibration: " + s->calib_source);
   }
 
@@ -268,6 +272,7 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
   co.awq = r.awq;
   co.awq_clip = r.awq_clip;
   co.progress = progress;
+  co.phase_seconds = &s->calib_phase_seconds;
   const auto tq = std::chrono::steady_clock::now();
   KERF_ASSIGN_OR_RETURN(s->quant, quant::quantize_calibrated(lifted, choices, calib, co));
   s->calib_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tq).count();
@@ -287,9 +292,26 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
   if (s->recipe_hash) (*meta)["compile.recipe_hash"] = hex64(s->recipe_hash);
   if (!calib.empty()) {
     (*meta)["compile.calib_hash"] = hex64(s->calib_hash);
-    (*meta)["compile.calib_source"] = s->calib_source;
+    // The file's name, not the path as given: the artifact must not depend on where the text lies.
+    (*meta)["compile.calib_source"] = std::filesystem::path(opt.calib_path).filename().string() +
+                                      s->calib_source.substr(std::min(opt.calib_path.size(), s->calib_source.size()));
   }
   return Status::Ok();
+}
+
+/// The checkpoint path recorded in the artifact ("distill.checkpoint"): relative to the artifact's
+/// folder when the checkpoint lies in it or below (the default OUTPUT.ckpt), so that the same compile
+/// into another folder gives the same bytes; otherwise absolute. `kerf eval` resolves a relative
+/// one against the artifact's folder.
+std::string checkpoint_ref(const std::string& ck, const std::string& output_path) {
+  std::error_code ec;
+  const std::filesystem::path abs = std::filesystem::absolute(ck, ec).lexically_normal();
+  if (ec) return ck;
+  const std::filesystem::path dir = std::filesystem::absolute(output_path, ec).parent_path().lexically_normal();
+  if (ec) return abs.string();
+  const std::filesystem::path rel = abs.lexically_relative(dir);
+  if (rel.empty() || *rel.begin() == "..") return abs.string();
+  return rel.string();
 }
 
 bool pruning_requested(const CompileOptions& opt) {
@@ -310,7 +332,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
                          const std::vector<uint8_t>& tokenizer, int64_t vocab, CompileSummary* s,
                          std::map<std::string, std::string>* meta) {
   auto progress = [&](const std::string& line) {
-    if (opt.progress) std::fprintf(stderr, "%s\n", line.c_str());
+    if (opt.progress) progress::log(line);  // a log line / event of the process's reporter (progress.h)
   };
   const auto t0 = std::chrono::steady_clock::now();
   *teacher = lifted;
@@ -425,7 +447,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     c.meta["prune.plan"] = prune::to_text(plan);
     c.meta["prune.summary"] = s->prune_text;
     for (const auto& [k, v] : stage_meta) c.meta[k] = v;
-    c.meta["source"] = opt.model_path;
+    c.meta["source"] = std::filesystem::path(opt.model_path).filename().string();
     KERF_ASSIGN_OR_RETURN(std::vector<quant::WeightUse> uses, quant::enumerate_weights(lifted));
     for (const auto& u : uses) {
       const ir::Tensor& t = lifted.initializers.at(u.tensor);
@@ -475,7 +497,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     qo.checkpoint_meta["prune.plan"] = prune::to_text(plan);
     qo.checkpoint_meta["prune.summary"] = s->prune_text;
     for (const auto& [k, v] : stage_meta) qo.checkpoint_meta[k] = v;
-    qo.checkpoint_meta["source"] = opt.model_path;
+    qo.checkpoint_meta["source"] = std::filesystem::path(opt.model_path).filename().string();
     KERF_ASSIGN_OR_RETURN(std::unique_ptr<distill::DataParallel> dp, distill::DataParallel::from_env());
     if (dp->world_size() > 1) {
       qo.dp = dp.get();
@@ -492,7 +514,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
   if (s->distributed_rank == 0) {
     auto h = file_xxh64(ck);
     if (!h.ok()) return h.status().with_context("pruning / distillation checkpoint");
-    (*meta)["distill.checkpoint"] = ck;
+    (*meta)["distill.checkpoint"] = checkpoint_ref(ck, opt.output_path);
     (*meta)["distill.checkpoint_xxh64"] = hex64(*h);
   }
   return Status::Ok();
@@ -531,7 +553,7 @@ Status load_student(const CompileOptions& opt, ir::Graph& lifted, ir::Graph* tea
   KERF_ASSIGN_OR_RETURN(uint64_t h, file_xxh64(opt.student_path));
   std::error_code ec;
   const auto abs = std::filesystem::absolute(opt.student_path, ec);
-  (*meta)["distill.checkpoint"] = ec ? opt.student_path : abs.string();
+  (*meta)["distill.checkpoint"] = ec ? opt.student_path : checkpoint_ref(abs.string(), opt.output_path);
   (*meta)["distill.checkpoint_xxh64"] = hex64(h);
   return Status::Ok();
 }
@@ -659,6 +681,7 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   const bool have_recipe = !opt.recipe_path.empty();
   if (have_recipe) {
     KERF_ASSIGN_OR_RETURN(recipe, parse_recipe_file(opt.recipe_path));
+    for (const auto& [k, v] : verify_metadata(recipe.verify)) extra_meta[k] = v;  // kerf verify's thresholds
     if (recipe.prune) {
       if (!(opt.keep_heads < 1)) popt.keep_heads = recipe.keep_heads;
       if (!(opt.keep_ffn < 1)) popt.keep_ffn = recipe.keep_ffn;
@@ -738,9 +761,53 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   s.write_seconds = since(t0);
   std::error_code ec;
   s.bytes = std::filesystem::file_size(opt.output_path, ec);
+  const auto t_manifest = std::chrono::steady_clock::now();
+  {  // The package manifest (manifest.h), once the artifact is complete; on error neither remains.
+    CompileManifestInputs mi;
+    mi.tokenizer_path = tok_path;
+    mi.recipe_name = have_recipe ? recipe.name : "";
+    auto ck = eo.extra_meta.find("distill.checkpoint");
+    if (ck != eo.extra_meta.end())
+      mi.checkpoint_path = std::filesystem::path(ck->second).is_absolute()
+                               ? ck->second
+                               : (std::filesystem::path(opt.output_path).parent_path() / ck->second).string();
+    KERF_RETURN_IF_ERROR(write_compile_manifest(opt, s, mi));
+  }
+  s.manifest_seconds = since(t_manifest);
   for (auto& [name, t] : s.quant.tensors) t.payload.clear();
   s.total_seconds = since(t_start);
   return s;
+}
+
+std::vector<progress::TimingRow> compile_timing(const CompileSummary& s) {
+  std::vector<progress::TimingRow> rows;
+  double sum = 0;
+  auto add = [&](const std::string& stage, double seconds, bool ran) {
+    if (!ran) return;
+    rows.push_back({stage, seconds});
+    sum += seconds;
+  };
+  add("import", s.import_seconds, true);
+  add("passes", s.passes_seconds, true);
+  add("lift check", s.verify_seconds, s.lift_max_abs_diff >= 0);
+  add("pruning", s.prune_seconds, !s.stage_lines.empty());  // not for --student (loaded: "other")
+  add("distillation", s.distill_seconds, !s.distill_log.empty());
+  add("mixed-precision allocation", s.mixed_seconds, s.mixed_budget > 0);
+  add("quantization-aware distillation", s.qad_seconds, !s.qad_log.empty());
+  if (s.calibrated) {
+    double phases = 0;
+    for (const auto& [phase, sec] : s.calib_phase_seconds) {
+      add(phase, sec, true);
+      phases += sec;
+    }
+    add("quantization (other)", std::max(0.0, s.calib_seconds - phases), true);
+  } else {
+    add("quantization (rtn)", s.quant_seconds, true);
+  }
+  add("write", s.write_seconds, true);
+  add("manifest", s.manifest_seconds, s.bytes > 0);
+  add("other", std::max(0.0, s.total_seconds - sum), true);
+  return rows;
 }
 
 std::string compile_summary_text(const CompileOptions& opt, const CompileSummary& s) {
@@ -807,6 +874,7 @@ std::string compile_summary_text(const CompileOptions& opt, const CompileSummary
   std::snprintf(buf, sizeof buf, "  effective bits per weight: %.4f over %lld weights (EVAL.md)\n  artifact: %llu bytes\n",
                 s.quant.bpw, static_cast<long long>(s.quant.weight_count), static_cast<unsigned long long>(s.bytes));
   os << buf;
+  os << "  package manifest: " << manifest_path_for(opt.output_path) << " (docs/manifest.md)\n";
   std::snprintf(buf, sizeof buf,
                 "  compile time: %.2f s (import %.2f, passes %.2f, lift check %.2f, quantize %.2f, write %.2f)\n",
                 s.total_seconds, s.import_seconds, s.passes_seconds, s.verify_seconds, s.quant_seconds, s.write_seconds);

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "compiler/ir/status.h"
+#include "compiler/pipeline/progress.h"
 #include "compiler/pipeline/text.h"
 #include "quant/recipe.h"
 
@@ -65,8 +66,13 @@ struct CompileSummary {
   bool calibrated = false;           ///< the quant/calib path ran
   std::string calib_source;          ///< "FILE stories A:B, N sequences, T tokens"
   uint64_t calib_hash = 0;           ///< XXH64 of the calibration token ids (int64 LE)
+  std::string calib_range;           ///< stories actually used, "A:B" (manifest)
+  int64_t calib_sequences = 0, calib_token_count = 0;  ///< calibration sequences / tokens used (manifest)
   uint64_t recipe_hash = 0;          ///< XXH64 of the recipe file (0: none)
   double calib_seconds = 0, mixed_seconds = 0, qad_seconds = 0;
+  /// calib_seconds by phase: "calibration", "awq search", "quantization (METHOD)" (quant/calib/calibrate.h)
+  std::vector<std::pair<std::string, double>> calib_phase_seconds;
+  double manifest_seconds = 0;        ///< writing the package manifest
   std::vector<std::string> qad_log;   ///< distillation progress (validation lines, summary last)
   std::vector<std::string> mixed_log; ///< allocator rounds
   double mixed_budget = 0;            ///< requested bpw (0: no allocation)
@@ -97,5 +103,11 @@ Result<CompileSummary> compile(const CompileOptions& opt);
 
 /// Human-readable summary (ops, per-tensor plan, bpw, bytes, timings).
 std::string compile_summary_text(const CompileOptions& opt, const CompileSummary& s);
+
+/// Where the compile's wall time went (`kerf compile --time`): import, passes, lift check, pruning,
+/// distillation, mixed-precision allocation, quantization-aware distillation, calibration, AWQ
+/// search, quantization per method, write, manifest, and "other" (tokenizer, set-up: the rest of
+/// total_seconds). Stages that did not run are left out; the rows sum to total_seconds.
+std::vector<progress::TimingRow> compile_timing(const CompileSummary& s);
 
 }  // namespace kerf::pipeline

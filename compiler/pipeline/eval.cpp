@@ -11,6 +11,8 @@
 #include <sstream>
 
 #include "compiler/pipeline/model_io.h"
+#include "compiler/pipeline/progress.h"
+#include "compiler/pipeline/report.h"
 #include "distill/checkpoint.h"
 #include "distill/reference.h"
 #include "kerf/xxh64.h"
@@ -91,6 +93,7 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
     if (kerf_model_meta_string(model.get(), ("quant.tensor." + t.name).c_str(), &s, &n) == 0) t.detail.assign(s, n);
     rep.tensors.push_back(std::move(t));
   }
+  collect_artifact_structure(model.get(), &rep);  // report.h: storage codes, program, placement
 
   KERF_ASSIGN_OR_RETURN(auto all, read_stories(opt.text_path));
   KERF_ASSIGN_OR_RETURN(auto stories, select_stories(all, opt.stories, opt.text_path));
@@ -155,7 +158,10 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
     ro.threads = opt.threads;
     // The checkpoint the compile wrote: "#init" = the pruned (compensated) student, "#best" = the
     // distilled one. Its hash is recorded in the artifact; a changed file is reported, not used.
-    const std::string ck_path = meta_str("distill.checkpoint"), ck_hash = meta_str("distill.checkpoint_xxh64");
+    std::string ck_path = meta_str("distill.checkpoint");
+    const std::string ck_hash = meta_str("distill.checkpoint_xxh64");
+    if (!ck_path.empty() && std::filesystem::path(ck_path).is_relative())  // relative to the artifact's folder
+      ck_path = (std::filesystem::path(opt.artifact_path).parent_path() / ck_path).string();
     std::optional<distill::Checkpoint> ck;
     std::string ck_note;
     if (ck_path.empty()) {
@@ -219,6 +225,8 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
   std::vector<int32_t> toks(static_cast<size_t>(std::max(max_seq, 1)) * 8);
   std::vector<float> logits;
   std::vector<double> lp, lq;
+  // Progress: one unit per story (the artifact's, the reference's and any stage models' forwards).
+  progress::Task task("eval", static_cast<int64_t>(stories.size()), "stories", opt.progress ? progress::current() : nullptr);
   for (size_t si = 0; si < stories.size(); ++si) {
     int count = 0;
     rc = kerf_tokenize(model.get(), stories[si].c_str(), 1, toks.data(), static_cast<int>(toks.size()), &count);
@@ -228,7 +236,10 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
     }
     if (rc != KERF_OK) return BadInput("story " + std::to_string(opt.stories.begin + static_cast<int>(si)) + ": tokenizer failed");
     const int T = std::min(count, max_seq);
-    if (T < 2) continue;
+    if (T < 2) {
+      task.step();
+      continue;
+    }
     logits.resize(static_cast<size_t>(T) * static_cast<size_t>(vocab));
     kerf_session_reset(session.get());
     auto t0 = std::chrono::steady_clock::now();
@@ -279,10 +290,9 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
       }
     }
     ++rep.n_stories;
-    if (opt.progress)
-      std::fprintf(stderr, "\reval: story %zu/%zu, %lld tokens", si + 1, stories.size(), static_cast<long long>(positions));
+    task.step("story " + std::to_string(opt.stories.begin + static_cast<int>(si)), std::to_string(positions) + " tokens scored");
   }
-  if (opt.progress) std::fprintf(stderr, "\n");
+  task.finish();
   if (positions == 0) return BadInput("no story in " + opt.text_path + " has two or more tokens");
   rep.predicted_tokens = positions;
   rep.nll = nll / static_cast<double>(positions);
@@ -311,47 +321,7 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
   return rep;
 }
 
-std::string eval_report_json(const EvalReport& r) {
-  nlohmann::ordered_json j;
-  j["schema"] = "kerf.eval/1";
-  j["artifact"] = r.artifact;
-  j["reference"] = r.reference;
-  j["text"] = r.text;
-  j["stories"] = std::to_string(r.stories.begin) + ":" + std::to_string(r.stories.end);
-  j["n_stories"] = r.n_stories;
-  j["predicted_tokens"] = r.predicted_tokens;
-  j["ppl"] = r.ppl;
-  j["ppl_reference"] = r.ppl_reference;
-  j["nll"] = r.nll;
-  j["nll_reference"] = r.nll_reference;
-  j["kl"] = r.kl;
-  j["top1"] = r.top1;
-  j["bpw"] = r.bpw;
-  j["bytes"] = r.bytes;
-  j["recipe"] = r.recipe;
-  j["target"] = r.target;
-  nlohmann::ordered_json ts = nlohmann::ordered_json::array();
-  for (const auto& t : r.tensors)
-    ts.push_back({{"name", t.name}, {"storage", t.dtype}, {"shape", t.shape}, {"bytes", t.bytes}, {"detail", t.detail}});
-  j["tensors"] = ts;
-  if (!r.stages.empty()) {
-    nlohmann::ordered_json st = nlohmann::ordered_json::array();
-    for (const auto& m : r.stages) {
-      nlohmann::ordered_json e = {{"stage", m.name}, {"measured", m.measured}};
-      if (m.measured) e.update({{"ppl", m.ppl}, {"nll", m.nll}, {"kl", m.kl}, {"top1", m.top1}});
-      else e["note"] = m.note;
-      e.update({{"params", m.params}, {"decode_flops_per_token", m.decode_flops}, {"prefill_flops_per_token", m.prefill_flops},
-                {"context", m.context}, {"bytes", m.bytes}});
-      st.push_back(e);
-    }
-    j["stages"] = st;
-    j["prune"] = r.prune_summary;
-  }
-  j["timing"] = {{"reference_seconds", r.reference_seconds},
-                 {"artifact_seconds", r.artifact_seconds},
-                 {"artifact_prefill_tokens_per_second", r.artifact_tokens_per_second}};
-  return j.dump(2) + "\n";
-}
+std::string eval_report_json(const EvalReport& r) { return report_object(r).dump(2) + "\n"; }
 
 std::string eval_report_markdown(const EvalReport& r) {
   std::ostringstream os;

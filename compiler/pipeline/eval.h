@@ -19,15 +19,32 @@ struct EvalOptions {
   std::string text_path;
   StoryRange stories{400, 800};
   int threads = 1;             ///< LibTorch threads for the reference (per-story forwards are small)
-  bool progress = false;       ///< progress line on stderr
+  bool progress = false;       ///< the stories as a progress task ("eval") of the installed reporter (progress.h)
   bool stages = true;          ///< pruned artifacts: also score the pruned and distilled FP models (needs the
                                ///< reference; the distilled weights come from the checkpoint the artifact names)
 };
 
 struct TensorInfo {
-  std::string name, dtype, detail;  ///< detail: "q4_asym g32 rtn linear" from the artifact metadata
+  std::string name, dtype, detail;  ///< dtype: the stored precision ("qasym4/f16 g32 t4"); detail: the
+                                    ///< "quant.tensor.<name>" metadata, e.g. "int4_asym:g32 gptq/search
+                                    ///< linear layout=t4 rel.err=0.0774 out.err=0.00053" (report.h parses it)
   std::vector<int64_t> shape;
   uint64_t bytes = 0;
+  // Storage codes (kerf_tensor_info; filled by collect_artifact_structure in report.h):
+  uint32_t dtype_code = 0;   ///< kerf::fmt::DType
+  uint32_t flags = 0;        ///< TensorEntry flags (generic quantized dtypes: bits, scales, layout)
+  uint32_t group_size = 0;   ///< 0 for plain dtypes
+};
+
+/// One op of the artifact's program and where runtime-lite runs it (the report's "placement").
+struct OpPlacement {
+  int index = 0;
+  std::string op;                    ///< "kerf.Linear", "kerf.RMSNorm", ...
+  std::string name;                  ///< the op's output value, e.g. "layers.0.q"
+  std::vector<std::string> weights;  ///< tensors it reads, in input order (GatedFFN: w1, w3, w2)
+  std::string unit = "cpu";          ///< compute unit; runtime-lite has one (the CPU)
+  std::string kernel;                ///< kernel family, e.g. "tiled int8-act GEMV/GEMM", "vectorized float"
+  std::string reason;                ///< why this unit and kernel
 };
 
 /// One row of the compression-stage table (artifacts compiled with pruning): the source model, the
@@ -62,6 +79,10 @@ struct EvalReport {
   std::string recipe, target;
   std::vector<StageMetrics> stages;   ///< empty unless the artifact records pruning (and a reference is given)
   std::string prune_summary;          ///< the artifact's "prune.summary"
+  std::vector<OpPlacement> ops;       ///< the program, op by op (collect_artifact_structure)
+  std::string layout;                 ///< the artifact's "compile.layout" ("tiled4", "plain"; empty when absent)
+  std::string tool_version;           ///< the kerf version for the report's tool.version (the CLI passes
+                                      ///< KERF_VERSION; empty = kerf_version() of build_info.h)
 };
 
 /// Runs the protocol. Errors: kIo / kBadInput for unreadable or corrupt artifact, model or text
@@ -69,7 +90,9 @@ struct EvalReport {
 /// the reference and artifact vocabularies differ.
 Result<EvalReport> evaluate(const EvalOptions& opt);
 
-/// The report as JSON (top-level numbers ppl, ppl_reference, kl, top1, bpw, bytes, ...).
+/// The report as JSON, schema "kerf.report/1" (docs/report.md, docs/report.schema.json): top-level
+/// numbers ppl, ppl_reference, kl, top1, bpw, bytes, ..., per-tensor and per-layer tables, placement.
+/// Built by report_object() of report.h (which verify extends with "speed" / "verification").
 std::string eval_report_json(const EvalReport& r);
 /// The report as Markdown.
 std::string eval_report_markdown(const EvalReport& r);

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "compiler/ir/ir_text.h"
+#include "compiler/pipeline/manifest.h"
 #include "compiler/pipeline/model_io.h"
 #include "kerf/format.h"
 #include "kerf/kerf.h"
@@ -88,7 +89,12 @@ Result<std::string> inspect(const std::string& path, const std::string& pipeline
     if (!f) return IoError(path + ": cannot open");
     f.read(magic, 8);
   }
-  if (std::memcmp(magic, fmt::kMagic, 8) == 0) return inspect_artifact(path, full);
+  if (std::memcmp(magic, fmt::kMagic, 8) == 0) {
+    // The package manifest beside it is checked first: an altered artifact is reported as such.
+    KERF_ASSIGN_OR_RETURN(std::string manifest, pipeline::inspect_manifest_text(path));
+    KERF_ASSIGN_OR_RETURN(std::string text, inspect_artifact(path, full));
+    return text + manifest;
+  }
   KERF_ASSIGN_OR_RETURN(ir::Graph g, pipeline::import_model(path));
   const size_t imported = g.nodes.size();
   PassContext ctx;

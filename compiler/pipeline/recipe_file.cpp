@@ -3,6 +3,10 @@
 #include <fnmatch.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -73,6 +77,102 @@ Status parse_choice(const Ctx& c, const YAML::Node& n, const std::string& where,
 
 }  // namespace
 
+bool VerifyThresholds::any() const {
+  for (const auto& [name, member] : fields())
+    if ((this->*member).has_value()) return true;
+  return false;
+}
+
+void VerifyThresholds::override_with(const VerifyThresholds& over) {
+  for (const auto& [name, member] : fields())
+    if ((over.*member).has_value()) this->*member = over.*member;
+}
+
+const std::vector<std::pair<const char*, std::optional<double> VerifyThresholds::*>>& VerifyThresholds::fields() {
+  static const std::vector<std::pair<const char*, std::optional<double> VerifyThresholds::*>> f = {
+      {"max_ppl_increase", &VerifyThresholds::max_ppl_increase},
+      {"min_top1", &VerifyThresholds::min_top1},
+      {"max_kl", &VerifyThresholds::max_kl},
+      {"max_ppl_regression", &VerifyThresholds::max_ppl_regression},
+      {"max_kl_regression", &VerifyThresholds::max_kl_regression},
+      {"max_top1_regression", &VerifyThresholds::max_top1_regression},
+  };
+  return f;
+}
+
+namespace {
+
+// Whole-string finite number (no trailing garbage).
+bool parse_number(const std::string& s, double* out) {
+  if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return false;
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(s.c_str(), &end);
+  if (end != s.c_str() + s.size() || errno == ERANGE || !std::isfinite(v)) return false;
+  *out = v;
+  return true;
+}
+
+}  // namespace
+
+Result<double> parse_threshold(const std::string& key, const std::string& text) {
+  bool known = false;
+  for (const auto& [name, member] : VerifyThresholds::fields()) known |= key == name;
+  if (!known) return InvalidArgument("unknown threshold '" + key + "'");
+  const bool nats = key == "max_kl" || key == "max_kl_regression";
+  std::string t = text;
+  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
+  const bool percent = !t.empty() && t.back() == '%';
+  if (percent) t.pop_back();
+  double v = 0;
+  if (!parse_number(t, &v)) return InvalidArgument("'" + text + "' is not a number" + (nats ? "" : " or a percentage such as 5%"));
+  if (nats && percent) return InvalidArgument("'" + text + "': KL is in nats per token, not a percentage (e.g. 0.08)");
+  if (percent) v /= 100.0;
+  else if (!nats && v > 1.0) {
+    char frac[32];
+    std::snprintf(frac, sizeof frac, "%g", v / 100.0);
+    return InvalidArgument("'" + text + "' is ambiguous (a fraction above 1): write " + t + "% or " + frac);
+  }
+  if (v < 0) return InvalidArgument("'" + text + "' must be >= 0");
+  if ((key == "min_top1" || key == "max_top1_regression") && v > 1.0) return InvalidArgument("'" + text + "' must be <= 1 (100%)");
+  return v;
+}
+
+std::map<std::string, std::string> verify_metadata(const VerifyThresholds& th) {
+  std::map<std::string, std::string> m;
+  for (const auto& [name, member] : VerifyThresholds::fields()) {
+    if (!(th.*member)) continue;
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", *(th.*member));
+    // The shortest text that reads back to the same double.
+    for (int prec = 1; prec <= 17; ++prec) {
+      char b2[64];
+      std::snprintf(b2, sizeof b2, "%.*g", prec, *(th.*member));
+      if (std::strtod(b2, nullptr) == *(th.*member)) {
+        std::snprintf(buf, sizeof buf, "%s", b2);
+        break;
+      }
+    }
+    m[std::string("verify.") + name] = buf;
+  }
+  return m;
+}
+
+Result<VerifyThresholds> verify_thresholds_from_metadata(
+    const std::function<std::optional<std::string>(const std::string&)>& get) {
+  VerifyThresholds th;
+  for (const auto& [name, member] : VerifyThresholds::fields()) {
+    const std::string key = std::string("verify.") + name;
+    const std::optional<std::string> v = get(key);
+    if (!v) continue;
+    double d = 0;
+    if (!parse_number(*v, &d) || d < 0) return BadInput("metadata " + key + " = '" + *v + "' is not a non-negative number");
+    th.*member = d;
+  }
+  return th;
+}
+
 Result<Recipe> parse_recipe_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return IoError("cannot read recipe '" + path + "'");
@@ -97,7 +197,8 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
   if (!root.IsMap()) return BadInput(label + ": a recipe must be a YAML mapping");
   try {
     KERF_RETURN_IF_ERROR(check_keys(c, root, "",
-                                    {"name", "description", "calibration", "default", "gptq", "awq", "tensors", "mixed", "qad", "prune", "distill", "strict"}));
+                                    {"name", "description", "calibration", "default", "gptq", "awq", "tensors", "mixed", "qad", "prune", "distill", "strict",
+                                     "verify"}));
     if (root["name"]) KERF_RETURN_IF_ERROR(get(c, root["name"], "name", &r.name));
     if (root["strict"]) KERF_RETURN_IF_ERROR(get(c, root["strict"], "strict", &r.strict));
     if (const YAML::Node cal = root["calibration"]) {
@@ -243,6 +344,19 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
       for (double f : {r.keep_heads, r.keep_ffn, r.keep_embed})
         if (!(f > 0 && f <= 1)) return c.err("prune", "keep fractions must be in (0, 1]");
       if (r.drop_blocks < 0) return c.err("prune.drop_blocks", "must be >= 0");
+    }
+    if (const YAML::Node v = root["verify"]) {
+      std::set<std::string> keys;
+      for (const auto& [name, member] : VerifyThresholds::fields()) keys.insert(name);
+      KERF_RETURN_IF_ERROR(check_keys(c, v, "verify", keys));
+      for (const auto& [name, member] : VerifyThresholds::fields()) {
+        if (!v[name]) continue;
+        std::string text;
+        KERF_RETURN_IF_ERROR(get(c, v[name], std::string("verify.") + name, &text));
+        auto t = parse_threshold(name, text);
+        if (!t.ok()) return c.err(std::string("verify.") + name, t.status().message());
+        r.verify.*member = *t;
+      }
     }
   } catch (const YAML::Exception& e) {
     return BadInput(label + ": " + e.what());

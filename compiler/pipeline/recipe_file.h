@@ -42,6 +42,11 @@
 //     hidden_weight: 0.0                  #   normalized MSE on every block output (same depth only)
 //     teacher_samples: 0                  #   sequences sampled from the teacher added to the training set
 //   strict: false                         # fail instead of noting when something is not as asked
+//   verify:                               # optional: acceptance thresholds of `kerf verify` (stored
+//     max_ppl_increase: 6%                #   in the artifact as verify.* metadata; the command line
+//     min_top1: 0.87                      #   overrides them key by key). "6%" or 0.06; see
+//     max_kl: 0.06                        #   VerifyThresholds below and docs/report.md
+//     max_ppl_regression: 1%              #   (vs a --baseline report)
 //
 // Roles for `match`: "all", "linear" (every matrix but the embedding), "embedding" (the embedding
 // table, tied or not), "classifier" (an untied output projection named *output* / *lm_head*, or
@@ -53,6 +58,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -66,6 +72,39 @@
 #include "quant/recipe.h"
 
 namespace kerf::pipeline {
+
+/// Acceptance thresholds of `kerf verify`: a recipe's `verify:` section, the artifact's "verify.<key>"
+/// metadata (written by `kerf compile --recipe`), or the command line (which overrides key by key).
+/// All are fractions or nats, never percent numbers: 0.05 means 5 %. Unset = not checked.
+struct VerifyThresholds {
+  std::optional<double> max_ppl_increase;     ///< artifact ppl / reference ppl - 1 must be <= this
+  std::optional<double> min_top1;             ///< top-1 agreement with the reference must be >= this
+  std::optional<double> max_kl;               ///< mean KL(p_ref || p_artifact), nats / token, must be <= this
+  std::optional<double> max_ppl_regression;   ///< artifact ppl / baseline ppl - 1 must be <= this
+  std::optional<double> max_kl_regression;    ///< kl - baseline kl (nats) must be <= this
+  std::optional<double> max_top1_regression;  ///< baseline top1 - top1 must be <= this
+
+  /// Whether any threshold is set.
+  bool any() const;
+  /// Every threshold set in `over` replaces this one's.
+  void override_with(const VerifyThresholds& over);
+  /// The key names above, in declaration order ("max_ppl_increase", ...), and the member of each.
+  static const std::vector<std::pair<const char*, std::optional<double> VerifyThresholds::*>>& fields();
+};
+
+/// Parses one threshold value for `key` (a VerifyThresholds field name): "5%" or "0.05" for the
+/// ratio keys (max_ppl_increase, min_top1, max_ppl_regression, max_top1_regression; a bare number
+/// above 1 is rejected as ambiguous - write "5%" or "0.05"), a plain number of nats for max_kl and
+/// max_kl_regression (a "%" is rejected). Every value must be finite and >= 0; min_top1 and
+/// max_top1_regression <= 1. Errors: kInvalidArgument quoting the text (the caller names the key / flag).
+Result<double> parse_threshold(const std::string& key, const std::string& text);
+
+/// The thresholds as artifact metadata: "verify.<key>" -> the number (shortest round-trip text).
+std::map<std::string, std::string> verify_metadata(const VerifyThresholds& t);
+/// Reads "verify.<key>" entries back (`get` returns the metadata string or nullopt). Errors:
+/// kBadInput naming the key when a value is not a finite number.
+Result<VerifyThresholds> verify_thresholds_from_metadata(
+    const std::function<std::optional<std::string>(const std::string&)>& get);
 
 struct RecipeOverride {
   std::string match;
@@ -104,6 +143,7 @@ struct Recipe {
   StoryRange distill_stories{0, 400};
   double distill_val_fraction = 0.05;
   int teacher_samples = 0;               ///< sequences sampled from the teacher added to the training text
+  VerifyThresholds verify;               ///< `verify:` section (kerf verify's acceptance thresholds)
 };
 
 /// Parses a recipe. Errors: kIo (unreadable), kBadInput naming the file, the key and what is wrong

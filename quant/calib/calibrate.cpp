@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <set>
 
 #include "distill/reference.h"
@@ -143,7 +144,8 @@ std::vector<Batch> make_batches(const std::vector<std::vector<int64_t>>& seqs, i
   return out;
 }
 
-Status observe(distill::ReferenceExecutor& ex, std::vector<Stage*> stages, const std::vector<std::vector<int64_t>>& calib) {
+Status observe(distill::ReferenceExecutor& ex, std::vector<Stage*> stages, const std::vector<std::vector<int64_t>>& calib,
+               progress::Reporter* reporter, const std::string& task) {
   if (stages.empty()) return Status::Ok();
   std::vector<size_t> nodes;
   size_t last = 0;
@@ -170,11 +172,14 @@ Status observe(distill::ReferenceExecutor& ex, std::vector<Stage*> stages, const
       },
       nodes);
   Status st = Status::Ok();
-  for (const Batch& b : make_batches(calib)) {
+  const std::vector<Batch> batches = make_batches(calib);
+  progress::Task pt(task, static_cast<int64_t>(batches.size()), "batches", reporter);
+  for (const Batch& b : batches) {
     cur = &b;
     ex.reset_cache();
     st = ex.forward_prefix_batch(b.tokens, b.B, b.T, last);
     if (!st.ok()) break;
+    pt.step();
   }
   ex.reset_cache();
   ex.set_observer(nullptr, {});
@@ -208,6 +213,11 @@ Result<QuantizedModel> quantize_calibrated(ir::Graph& g, const std::map<std::str
   auto say = [&](const std::string& s) {
     if (opt.progress) opt.progress(s);
   };
+  progress::Reporter* const reporter = opt.progress ? progress::current() : nullptr;
+  auto add_time = [&](const std::string& phase, std::chrono::steady_clock::time_point t0) {
+    if (opt.phase_seconds) progress::add_seconds(*opt.phase_seconds, phase, since(t0));
+  };
+  const auto t_setup = std::chrono::steady_clock::now();
   KERF_ASSIGN_OR_RETURN(std::vector<WeightUse> uses, enumerate_weights(g));
   bool need_calib = false, need_awq = false;
   for (const WeightUse& u : uses) {
@@ -230,6 +240,7 @@ Result<QuantizedModel> quantize_calibrated(ir::Graph& g, const std::map<std::str
   std::map<std::string, size_t> stage_of;  // tensor -> stage
   for (size_t s = 0; s < stages.size(); ++s)
     for (const std::string& t : stages[s].tensors) stage_of[t] = s;
+  add_time("calibration", t_setup);
 
   std::map<std::string, std::string> notes;
   auto add_note = [&](const std::string& t, const std::string& n) {
@@ -242,8 +253,12 @@ Result<QuantizedModel> quantize_calibrated(ir::Graph& g, const std::map<std::str
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<Stage*> all;
     for (Stage& s : stages) all.push_back(&s);
-    KERF_RETURN_IF_ERROR(observe(ex, all, calib).with_context("AWQ calibration pass"));
+    KERF_RETURN_IF_ERROR(observe(ex, all, calib, reporter).with_context("AWQ calibration pass"));
+    add_time("calibration", t0);
+    const auto t_search = std::chrono::steady_clock::now();
+    progress::Task search("awq search", static_cast<int64_t>(stages.size()), "stages", reporter);
     for (Stage& st : stages) {
+      search.step(st.node_name);
       bool any = false;
       for (const std::string& t : st.tensors) {
         const Method m = choices.at(t).method;
@@ -363,16 +378,33 @@ Result<QuantizedModel> quantize_calibrated(ir::Graph& g, const std::map<std::str
       for (const std::string& t : st.tensors) add_note(t, buf);
       st.stats = InputStats{};  // inputs changed by the fold; re-observed below
     }
+    search.finish();
+    add_time("awq search", t_search);
     say("awq: scales searched and folded in " + std::to_string(since(t0)).substr(0, 5) + " s");
   }
 
   // ---- FP statistics for the non-sequential mode.
   if (need_calib && !opt.sequential) {
+    const auto t0 = std::chrono::steady_clock::now();
     std::vector<Stage*> all;
     for (Stage& s : stages) all.push_back(&s);
     for (Stage& s : stages) s.stats = InputStats{};
-    KERF_RETURN_IF_ERROR(observe(ex, all, calib).with_context("calibration pass"));
+    KERF_RETURN_IF_ERROR(observe(ex, all, calib, reporter).with_context("calibration pass"));
+    add_time("calibration", t0);
   }
+
+  // Progress: the stages observed one by one (sequential mode), and the matrices, as a task named
+  // after their method ("quantize" for a mix).
+  std::string quant_task;
+  for (const WeightUse& u : uses) {
+    const TensorChoice& c = choices.at(u.tensor);
+    const std::string m = c.spec.plain() ? "cast" : method_name(c.method);
+    quant_task = quant_task.empty() || quant_task == m ? m : "quantize";
+  }
+  std::unique_ptr<progress::Task> stage_task;
+  if (need_calib && opt.sequential)
+    stage_task = std::make_unique<progress::Task>("calibration", static_cast<int64_t>(stages.size()), "stages", reporter);
+  progress::Task tensor_task(quant_task.empty() ? "quantize" : quant_task, static_cast<int64_t>(uses.size()), "tensors", reporter);
 
   // ---- Quantize stage by stage (untied embedding tables first: no input statistics).
   QuantizedModel m;
@@ -412,31 +444,35 @@ Result<QuantizedModel> quantize_calibrated(ir::Graph& g, const std::map<std::str
     plans[t] = std::move(p);
     done.emplace(t, std::move(q).value());
     char buf[300];
-    std::snprintf(buf, sizeof buf, "  %-32s %-22s rel.err %.4f  out.err %s  (%.2f s)", t.c_str(), to_string(c).c_str(),
+    std::snprintf(buf, sizeof buf, "%s rel.err %.4f out.err %s (%.2f s)", to_string(c).c_str(),
                   plans[t].rel_rms_error, plans[t].output_error >= 0 ? std::to_string(plans[t].output_error).substr(0, 8).c_str() : "-",
                   since(t0));
-    say(buf);
+    add_time(std::string("quantization (") + (c.spec.plain() ? "cast" : method_name(c.method)) + ")", t0);
+    tensor_task.step(t, buf);
     return Status::Ok();
   };
 
   for (const WeightUse& u : uses)
     if (!stage_of.count(u.tensor)) KERF_RETURN_IF_ERROR(quantize_tensor(u.tensor, nullptr));
 
-  const auto t_all = std::chrono::steady_clock::now();
   for (size_t si = 0; si < stages.size(); ++si) {
     Stage& st = stages[si];
     bool needs = false;
     for (const std::string& t : st.tensors) needs |= !choices.at(t).spec.plain() && choices.at(t).needs_calibration();
     if (needs && opt.sequential) {
+      const auto t0 = std::chrono::steady_clock::now();
       st.stats = InputStats{};
       KERF_RETURN_IF_ERROR(observe(ex, {&st}, calib).with_context("calibration of stage '" + st.node_name + "'"));
+      add_time("calibration", t0);
     }
-    say("stage " + std::to_string(si + 1) + "/" + std::to_string(stages.size()) + " " + st.node_name +
-        (st.what == "ffn_hidden" ? " (w2 input)" : "") + (needs ? ", " + std::to_string(st.stats.tokens) + " tokens" : ""));
+    if (stage_task)
+      stage_task->step(st.node_name + (st.what == "ffn_hidden" ? " (w2 input)" : ""),
+                       needs ? std::to_string(st.stats.tokens) + " tokens" : "");
     for (const std::string& t : st.tensors)
       KERF_RETURN_IF_ERROR(quantize_tensor(t, needs || st.stats.tokens > 0 ? &st.stats : nullptr));
   }
-  say("quantized " + std::to_string(uses.size()) + " matrices in " + std::to_string(since(t_all)).substr(0, 5) + " s");
+  if (stage_task) stage_task->finish();
+  tensor_task.finish();
 
   for (const WeightUse& u : uses) {
     TensorPlan& p = plans.at(u.tensor);

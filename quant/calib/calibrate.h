@@ -33,6 +33,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "compiler/ir/ir.h"
@@ -66,8 +67,14 @@ struct CalibOptions {
   GptqOptions gptq;
   AwqOptions awq;
   bool awq_clip = true;       ///< AWQ's clipping search after the scales (awq, awq+gptq)
-  /// Progress lines ("calibration: stage 3/21 layers.0.wo ..."); null = silent.
+  /// Information lines ("awq: scales searched ..."); null = silent. When set, the stages and tensors
+  /// are also progress tasks ("calibration", and "gptq" / "awq" / "rtn" / "quantize" for a mix of
+  /// methods) of the installed progress reporter (compiler/pipeline/progress.h).
   std::function<void(const std::string&)> progress;
+  /// Out (optional): wall seconds by phase, accumulated in first-run order: "calibration" (input
+  /// statistics, executor set-up), "awq search" (scale search and folding), "quantization (METHOD)"
+  /// per method ("cast" for plain f16 / f32 storage).
+  std::vector<std::pair<std::string, double>>* phase_seconds = nullptr;
 };
 
 /// Statistics of one stage input.

@@ -107,6 +107,7 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
   auto say = [&](const std::string& s) {
     if (opt.progress) opt.progress(s);
   };
+  progress::Reporter* const reporter = opt.progress ? progress::current() : nullptr;
   if (opt.candidates.empty()) return InvalidArgument("mixed precision: no candidate precisions");
   if (!(opt.bpw > 0)) return InvalidArgument("mixed precision: the bpw budget must be > 0");
   if (sens.empty()) return InvalidArgument("mixed precision: no sensitivity sequences (calibration text needed)");
@@ -175,7 +176,7 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
   {
     std::vector<Stage*> all;
     for (Stage& s : stages) all.push_back(&s);
-    KERF_RETURN_IF_ERROR(observe(ex, all, calib).with_context("mixed precision: calibration pass"));
+    KERF_RETURN_IF_ERROR(observe(ex, all, calib, reporter).with_context("mixed precision: calibration pass"));
     for (const Stage& s : stages)
       for (const std::string& t : s.tensors) stats_of[t] = &s.stats;
   }
@@ -238,14 +239,18 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
   std::map<std::string, std::vector<float>> fp;
   std::map<std::string, std::vector<std::vector<float>>> deq;
   std::vector<std::vector<KnapsackItem>> items(free.size(), std::vector<KnapsackItem>(NC));
-  for (size_t i = 0; i < free.size(); ++i) {
-    const WeightUse& u = *free[i];
-    KERF_ASSIGN_OR_RETURN(fp[u.tensor], ex.weight(u.tensor));
-    auto& dv = deq[u.tensor];
-    for (size_t c = 0; c < NC; ++c) {
-      KERF_ASSIGN_OR_RETURN(std::vector<float> d, quantize_as(u, fp[u.tensor], opt.candidates[c]));
-      dv.push_back(std::move(d));
-      items[i][c].bits = spec_bits(opt.candidates[c].spec, u.rows, u.cols);
+  {
+    progress::Task task("candidates", static_cast<int64_t>(free.size()), "tensors", reporter);
+    for (size_t i = 0; i < free.size(); ++i) {
+      const WeightUse& u = *free[i];
+      KERF_ASSIGN_OR_RETURN(fp[u.tensor], ex.weight(u.tensor));
+      auto& dv = deq[u.tensor];
+      for (size_t c = 0; c < NC; ++c) {
+        KERF_ASSIGN_OR_RETURN(std::vector<float> d, quantize_as(u, fp[u.tensor], opt.candidates[c]));
+        dv.push_back(std::move(d));
+        items[i][c].bits = spec_bits(opt.candidates[c].spec, u.rows, u.cols);
+      }
+      task.step(u.tensor);
     }
   }
   // Fixed tensors are quantized once and stay so during all measurements.
@@ -259,6 +264,7 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
   KERF_ASSIGN_OR_RETURN(const double kl_fixed, measure());
 
   // Round 0: each tensor alone (others FP, fixed ones quantized).
+  progress::Task sens_task("sensitivity", static_cast<int64_t>(free.size()), "tensors", reporter);
   for (size_t i = 0; i < free.size(); ++i) {
     const std::string& t = free[i]->tensor;
     auto& sv = res.sensitivity[t];
@@ -270,14 +276,14 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
     }
     KERF_RETURN_IF_ERROR(ex.set_weight(t, fp[t]));
     char buf[200];
-    std::snprintf(buf, sizeof buf, "  sensitivity %2zu/%zu %-32s", i + 1, free.size(), t.c_str());
-    std::string line = buf;
+    std::string line = "KL";
     for (size_t c = 0; c < NC; ++c) {
       std::snprintf(buf, sizeof buf, " %.4f", sv[c]);
       line += buf;
     }
-    say(line);
+    sens_task.step(t, line);
   }
+  sens_task.finish();
   KERF_ASSIGN_OR_RETURN(std::vector<int> choice, solve_mckp(items, free_budget));
   auto apply = [&](const std::vector<int>& ch) -> Status {
     for (size_t i = 0; i < free.size(); ++i)
@@ -300,6 +306,7 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
   // Re-measurement rounds.
   for (int r = 1; r <= opt.rounds; ++r) {
     std::vector<std::vector<KnapsackItem>> it2 = items;
+    progress::Task round_task("re-measure " + std::to_string(r), static_cast<int64_t>(free.size()), "tensors", reporter);
     for (size_t i = 0; i < free.size(); ++i) {
       const std::string& t = free[i]->tensor;
       for (size_t c = 0; c < NC; ++c) {
@@ -312,7 +319,9 @@ Result<MixedResult> allocate_mixed(const ir::Graph& lifted, const std::vector<st
         it2[i][c].cost = kl - kl_cur;
       }
       KERF_RETURN_IF_ERROR(ex.set_weight(t, deq[t][static_cast<size_t>(choice[i])]));
+      round_task.step(t);
     }
+    round_task.finish();
     // Costs may be negative (a change that helps); shift per item so the DP sees costs >= 0.
     for (auto& row : it2) {
       double mn = 0;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "compiler/ir/status.h"
+#include "compiler/pipeline/progress.h"
 #include "distill/reference.h"
 #include "quant/calib/calibrate.h"
 
@@ -35,8 +36,10 @@ std::vector<Batch> make_batches(const std::vector<std::vector<int64_t>>& seqs, i
 std::vector<Stage> build_stages(const distill::ReferenceExecutor& ex);
 
 /// Runs every sequence of `calib` (fresh context each) through the nodes up to the last stage's
-/// node and accumulates each stage's input statistics.
-Status observe(distill::ReferenceExecutor& ex, std::vector<Stage*> stages, const std::vector<std::vector<int64_t>>& calib);
+/// node and accumulates each stage's input statistics. With a reporter, the batches are a progress
+/// task named `task` (unit "batches").
+Status observe(distill::ReferenceExecutor& ex, std::vector<Stage*> stages, const std::vector<std::vector<int64_t>>& calib,
+               progress::Reporter* reporter = nullptr, const std::string& task = "calibration");
 
 /// Quantizes one matrix with its choice (GPTQ needs `stats`; importance search uses its imatrix).
 /// Appends remarks (damping retries) to *note.
