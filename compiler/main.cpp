@@ -19,9 +19,9 @@
 #include "compiler/ir/ir_text.h"
 #include "compiler/pipeline/compile.h"
 #include "compiler/pipeline/eval.h"
+#include "compiler/pipeline/json_io.h"
 #include "compiler/pipeline/progress.h"
 #include "compiler/pipeline/verify.h"
-#include "formats/artifact/writer.h"
 #include "quant/qspec.h"
 #include "passes/registry.h"
 
@@ -33,10 +33,15 @@ namespace {
 
 int fail(const kerf::Status& st) {
   const int code = kerf::exit_code_for(st.code());
-  if (kerf::progress::Reporter* r = kerf::progress::current()) {
-    r->error(st.to_string(), code);  // "kerf: ..." below any progress bars, or an "error" event (--log-json)
+  // A failed verification's message is the whole documented line ("kerf verify: FAILED: ..."),
+  // printed as it is; other errors are "kerf: <kind>: <message>".
+  const bool verdict = st.code() == kerf::ErrorCode::kVerificationFailed;
+  const std::string text = verdict ? st.message() : st.to_string();
+  kerf::progress::Reporter* r = kerf::progress::current();
+  if (r && (!verdict || r->mode() == kerf::progress::Mode::kJson)) {
+    r->error(text, code);  // "kerf: ..." below any progress bars, or an "error" event (--log-json)
   } else {
-    std::fprintf(stderr, "kerf: %s\n", st.to_string().c_str());
+    std::fprintf(stderr, verdict ? "%s\n" : "kerf: %s\n", text.c_str());
   }
   return code;
 }
@@ -48,12 +53,6 @@ kerf::Result<kerf::fmt::DType> parse_dtype(const std::string& s) {
   if (s == "f16") return DType::kF16;
   if (s == "f32") return DType::kF32;
   return kerf::InvalidArgument("unknown precision '" + s + "' (known: q4_asym, q8_sym, f16, f32)");
-}
-
-// Writes text to path atomically (kerf::artifact::write_file_atomic).
-kerf::Status write_text(const std::string& path, const std::string& text) {
-  const std::string err = kerf::artifact::write_file_atomic(path, text.data(), text.size());
-  return err.empty() ? kerf::Status::Ok() : kerf::IoError(err);
 }
 
 }  // namespace
@@ -226,7 +225,14 @@ int main(int argc, char** argv) {
   report->add_option("--curve", ropt.curve_paths, "reports at other bit budgets: plot perplexity against bits per weight");
   report->add_option("-o,--output", ropt.output_path, "HTML file to write (atomically)")->required();
 
-  CLI11_PARSE(app, argc, argv);
+  // CLI11's own exit codes (106 for a missing required option, ...) are not kerf's: every command-line
+  // error exits 2 (README "Exit codes"); --help / --version (CLI::Success and its subclasses) exit 0.
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);  // prints the help, the version or the error message
+    return dynamic_cast<const CLI::Success*>(&e) != nullptr ? 0 : kerf::exit_code_for(kerf::ErrorCode::kInvalidArgument);
+  }
 
   // Progress and logs on stderr: bars on a terminal, plain lines otherwise, JSON lines, or quiet.
   const kerf::progress::Mode pmode = kerf::progress::choose_mode(pflags.quiet, pflags.log_json, isatty(STDERR_FILENO));
@@ -310,15 +316,14 @@ int main(int argc, char** argv) {
     eopt.progress = show_progress;
     auto r = kerf::pipeline::evaluate(eopt);
     if (!r.ok()) return fail(r.status());
-    r->tool_version = KERF_VERSION;
     const std::string md = kerf::pipeline::eval_report_markdown(*r);
     std::cout << md;
     if (!json_path.empty()) {
-      auto st = write_text(json_path, kerf::pipeline::eval_report_json(*r));
+      auto st = kerf::pipeline::write_text_atomic(json_path, kerf::pipeline::eval_report_json(*r));
       if (!st.ok()) return fail(st);
     }
     if (!md_path.empty()) {
-      auto st = write_text(md_path, md);
+      auto st = kerf::pipeline::write_text_atomic(md_path, md);
       if (!st.ok()) return fail(st);
     }
     return 0;
@@ -333,29 +338,28 @@ int main(int argc, char** argv) {
     if (!range.ok()) return fail(range.status().with_context("--stories"));
     vopt.eval.stories = *range;
     vopt.eval.progress = show_progress;
-    vopt.tool_version = KERF_VERSION;
     auto r = kerf::pipeline::run_verify(vopt);
     if (!r.ok()) return fail(r.status());
     std::cout << kerf::pipeline::verify_table(*r) << std::flush;
     if (!vjson.empty()) {
-      auto st = write_text(vjson, r->report.dump(2) + "\n");
+      auto st = kerf::pipeline::write_text_atomic(vjson, kerf::pipeline::json_file_text(r->report));
       if (!st.ok()) return fail(st);
     }
     if (!vhtml.empty()) {
       const nlohmann::ordered_json* base = r->baseline ? &*r->baseline : nullptr;
-      auto st = write_text(vhtml, kerf::pipeline::render_report_html(r->report, base, {}));
+      auto st = kerf::pipeline::write_text_atomic(vhtml, kerf::pipeline::render_report_html(r->report, base, {}));
       if (!st.ok()) return fail(st);
     }
+    // The verdict decides the exit code (6 when a check failed) and its line is always printed;
+    // failing to record it in the package manifest is an extra error line, whose exit code (5)
+    // counts only when the gate passed.
     auto m = kerf::pipeline::record_verification_in_manifest(vopt.eval.artifact_path, *r);
-    if (!m.ok()) return fail(m.status());
-    if (!m->empty() && pmode != kerf::progress::Mode::kQuiet) std::cout << "kerf verify: recorded the verification in " << *m << "\n";
-    if (!r->passed) {
-      const std::string line = kerf::pipeline::verify_failure_line(*r);
-      if (pmode == kerf::progress::Mode::kJson) reporter->error(line, kerf::exit_code_for(kerf::ErrorCode::kVerificationFailed));
-      else std::fprintf(stderr, "%s\n", line.c_str());
-      return kerf::exit_code_for(kerf::ErrorCode::kVerificationFailed);
-    }
-    return 0;
+    if (m.ok() && !m->empty() && pmode != kerf::progress::Mode::kQuiet)
+      std::cout << "kerf verify: recorded the verification in " << *m << "\n" << std::flush;
+    const int record_code = m.ok() ? 0 : fail(m.status());
+    // The last stderr line of a failed gate names every failed check (docs/report.md).
+    if (!r->passed) return fail(kerf::VerificationFailed(kerf::pipeline::verify_failure_line(*r)));
+    return record_code;
   }
   if (*inspect) {
     auto r = kerf::inspect(inspect_path, pipeline, full);
@@ -368,7 +372,7 @@ int main(int argc, char** argv) {
     if (!r.ok()) return fail(r.status());
     std::cout << kerf::pipeline::bench_report_text(*r);
     if (!bench_json.empty()) {
-      auto st = write_text(bench_json, kerf::pipeline::bench_report_json(*r));
+      auto st = kerf::pipeline::write_text_atomic(bench_json, kerf::pipeline::bench_report_json(*r));
       if (!st.ok()) return fail(st);
     }
     return 0;

@@ -17,7 +17,9 @@
 #include "compiler/ir/status.h"
 #include "compiler/pipeline/compile.h"
 #include "compiler/pipeline/eval.h"
+#include "compiler/pipeline/manifest.h"
 #include "compiler/pipeline/report_html.h"
+#include "compiler/pipeline/verify.h"
 #include "tests/support.h"
 
 using J = nlohmann::ordered_json;
@@ -390,6 +392,44 @@ TEST_CASE("report html: reading reports, errors name the file and the problem", 
   CHECK(files == 0);
 }
 
+TEST_CASE("report files: a number beyond double is bad input naming the file; invalid UTF-8 is written, not thrown", "[report]") {
+  kerf::test::TempDir d("report_json_io");
+  using kerf::ErrorCode;
+  // "ppl": 1e400 is JSON, but no double holds it: nlohmann throws out_of_range, not parse_error.
+  const std::string huge = d.file("huge.json");
+  kerf::test::write_bytes(huge, R"({"schema": "kerf.report/1", "ppl": 1e400})");
+  auto r = kerf::pipeline::read_report(huge);
+  REQUIRE(!r.ok());
+  CHECK(r.status().code() == ErrorCode::kBadInput);
+  CHECK(kerf::exit_code_for(r.status().code()) == 3);
+  CHECK(r.status().message().find(huge) != std::string::npos);
+  auto b = kerf::pipeline::read_report_file(huge);  // kerf verify --baseline
+  REQUIRE(!b.ok());
+  CHECK(b.status().code() == ErrorCode::kBadInput);
+  CHECK(b.status().message().find(huge) != std::string::npos);
+  auto m = kerf::pipeline::read_manifest(huge);
+  REQUIRE(!m.ok());
+  CHECK(m.status().code() == ErrorCode::kBadInput);
+  CHECK(m.status().message().find(huge) != std::string::npos);
+
+  // A file name that is not UTF-8 (Latin-1 "\xe9") in a report: written with U+FFFD, read back.
+  kerf::pipeline::EvalReport rep;
+  rep.artifact = "out/mod\xe9le.kerf";
+  rep.ppl = 7.3;
+  std::string text;
+  REQUIRE_NOTHROW(text = kerf::pipeline::eval_report_json(rep));
+  const J j = J::parse(text);
+  CHECK(j["artifact"] == "out/mod\xef\xbf\xbdle.kerf");
+  std::string html;
+  CHECK_NOTHROW(html = render_report_html(j, nullptr, {}));
+  J manifest = {{"schema", "kerf.manifest/1"}, {"artifact", {{"file", "mod\xe9le.kerf"}}}};
+  const std::string mpath = d.file("m.manifest.json");
+  REQUIRE(kerf::pipeline::write_manifest(mpath, manifest).ok());
+  auto back = kerf::pipeline::read_manifest(mpath);
+  REQUIRE(back.ok());
+  CHECK((*back)["artifact"]["file"] == "mod\xef\xbf\xbdle.kerf");
+}
+
 TEST_CASE("report html: real kerf eval reports of stories260K, rendered in headless Chromium", "[report]") {
   kerf::test::TempDir d("report_chromium");
   // Two RTN compiles (INT4 and INT8 linears) evaluated on stories 400:440, as `kerf eval --json` writes them.
@@ -440,17 +480,14 @@ TEST_CASE("report html: real kerf eval reports of stories260K, rendered in headl
   const size_t n_tensors = (*r4)["tensors"].size();
   CHECK(n_tensors > 30);
   CHECK(count(section(html, "tensors"), "<td class=\"name\">") == n_tensors);
-  if ((*r4)["schema"] == "kerf.report/1") {
-    // The kerf.report/1 writer: per-layer charts (5 blocks of stories260K; RTN records no errors, so
-    // the bits-per-weight chart) and the program's placement.
-    CHECK(count(section(html, "layers"), "<svg") >= 1);
-    CHECK(count(section(html, "layers"), "<rect class=\"bar\"") >= 5);
-    CHECK(section(html, "layers").find("id=\"layers-bpw\"") != std::string::npos);
-    CHECK(section(html, "placement").find("cpu: ") != std::string::npos);
-    CHECK(section(html, "summary").find("tool</th><td>kerf ") != std::string::npos);
-  } else {
-    CHECK(section(html, "layers").find("not in this report") != std::string::npos);
-  }
+  // The kerf.report/1 writer: per-layer charts (5 blocks of stories260K; RTN records no errors, so
+  // the bits-per-weight chart) and the program's placement.
+  REQUIRE((*r4)["schema"] == "kerf.report/1");
+  CHECK(count(section(html, "layers"), "<svg") >= 1);
+  CHECK(count(section(html, "layers"), "<rect class=\"bar\"") >= 5);
+  CHECK(section(html, "layers").find("id=\"layers-bpw\"") != std::string::npos);
+  CHECK(section(html, "placement").find("cpu: ") != std::string::npos);
+  CHECK(section(html, "summary").find("tool</th><td>kerf ") != std::string::npos);
 
   // The fixture too (every section populated), then both pages in Chromium: every section in the
   // rendered DOM, and a screenshot that is a real rendering.

@@ -226,7 +226,7 @@ TEST_CASE("verify: checks against thresholds and a baseline (pure)", "[verify]")
   th.values.max_ppl_increase = 0.05;  // 5.6 / 5.3 - 1 = 5.66 % -> fails
   th.values.min_top1 = 0.85;
   th.values.max_kl = 0.08;
-  auto cs = run_checks(rep, th, nullptr, "");
+  auto cs = run_checks(rep, th, nullptr);
   REQUIRE(cs.size() == 3);
   CHECK(cs[0].metric == "ppl_increase");
   CHECK(cs[0].value == Approx(5.6 / 5.3 - 1));
@@ -239,7 +239,7 @@ TEST_CASE("verify: checks against thresholds and a baseline (pure)", "[verify]")
   o.checks = cs;
   CHECK(verify_failure_line(o) == "kerf verify: FAILED: ppl_increase 5.66 % > 5 % (ppl 5.6 vs reference 5.3)");
   th.values.max_ppl_increase = 0.06;
-  CHECK(run_checks(rep, th, nullptr, "")[0].passed);
+  CHECK(run_checks(rep, th, nullptr)[0].passed);
 
   // Against a baseline: ppl +3.7 % (fails 1 %), kl +0.002 (passes 0.005), top1 -0.02 (fails -0.01);
   // bpw +0.5 reported only, until the recipe has a budget it exceeds.
@@ -248,7 +248,7 @@ TEST_CASE("verify: checks against thresholds and a baseline (pure)", "[verify]")
   tb.values.max_ppl_regression = 0.01;
   tb.values.max_kl_regression = 0.005;
   tb.values.max_top1_regression = 0.01;
-  auto bc = run_checks(rep, tb, &base, "old.json");
+  auto bc = run_checks(rep, tb, &base);
   REQUIRE(bc.size() == 5);
   CHECK(bc[0].metric == "ppl_vs_baseline");
   CHECK_FALSE(bc[0].passed);
@@ -265,7 +265,7 @@ TEST_CASE("verify: checks against thresholds and a baseline (pure)", "[verify]")
   CHECK(bc[4].metric == "bytes_vs_baseline");
   CHECK(bc[4].value == 100);
   tb.bpw_budget = 4.75;
-  auto budget = run_checks(rep, tb, &base, "old.json");
+  auto budget = run_checks(rep, tb, &base);
   CHECK_FALSE(budget[3].passed);
   CHECK(*budget[3].limit == Approx(0.25));
   CHECK_THAT(budget[3].message, Catch::Contains("recipe budget 4.75 bpw"));
@@ -276,7 +276,7 @@ TEST_CASE("verify: checks against thresholds and a baseline (pure)", "[verify]")
   CHECK(v["checks"].size() == 5);
   // Checks whose inputs are missing are left out (no reference: no ppl_increase / kl / top1).
   J noref = {{"ppl", 5.6}, {"ppl_reference", nullptr}, {"kl", nullptr}, {"top1", nullptr}, {"bpw", 5.0}, {"bytes", 1000}};
-  CHECK(run_checks(noref, th, nullptr, "").empty());
+  CHECK(run_checks(noref, th, nullptr).empty());
 }
 
 TEST_CASE("kerf verify: INT2 everywhere fails with exit code 6 naming the metrics", "[verify][cli][stories]") {
@@ -356,11 +356,10 @@ TEST_CASE("kerf verify: the int4-gptq recipe passes its own thresholds; the repo
   CHECK(schema_errors(json) == "");
   // A package manifest beside the artifact records the verdict.
   const std::string mp = kerf::pipeline::manifest_path_for(gptq_artifact());
-  if (std::filesystem::exists(mp)) {
-    const J m = read_json(mp);
-    CHECK(m["verification"]["passed"] == true);
-    CHECK(m["verification"]["stories"] == "400:440");
-  }
+  REQUIRE(std::filesystem::exists(mp));
+  const J m = read_json(mp);
+  CHECK(m["verification"]["passed"] == true);
+  CHECK(m["verification"]["stories"] == "400:440");
 }
 
 TEST_CASE("kerf verify: a baseline comparison that regresses fails naming ppl_vs_baseline", "[verify][cli][stories]") {

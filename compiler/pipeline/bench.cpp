@@ -16,6 +16,8 @@
 #include <sstream>
 #include <thread>
 
+#include "compiler/pipeline/json_io.h"
+
 namespace kerf::pipeline {
 
 namespace {
@@ -221,7 +223,7 @@ std::string bench_report_json(const BenchReport& r) {
   j["bytes_per_decoded_token"] = r.bytes_per_decoded_token;
   j["measured_bandwidth_gbs"] = r.measured_bandwidth_gbs > 0 ? J(r.measured_bandwidth_gbs) : J(nullptr);
   j["roofline_fraction"] = r.roofline_fraction > 0 ? J(r.roofline_fraction) : J(nullptr);
-  return j.dump(2) + "\n";
+  return json_file_text(j);
 }
 
 std::string bench_report_text(const BenchReport& r) {

@@ -754,6 +754,7 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   eo.target = opt.target;
   eo.source_name = std::filesystem::path(opt.model_path).filename().string();
   eo.producer_version = opt.producer_version;
+  eo.bpw_budget = s.mixed_budget;
   eo.extra_meta = std::move(extra_meta);
   KERF_ASSIGN_OR_RETURN(artifact::ArtifactBuilder builder, build_artifact(lifted, s.quant, eo));
   std::string err = builder.write(opt.output_path);

@@ -139,6 +139,7 @@ Result<artifact::ArtifactBuilder> build_artifact(const ir::Graph& g, const quant
   b.add_meta_string(fmt::meta::kTarget, opt.target);
   b.add_meta_string("source.file", opt.source_name);
   b.add_meta_float(fmt::meta::kBpw, q.bpw);
+  if (opt.bpw_budget > 0) b.add_meta_float(kMetaBpwBudget, opt.bpw_budget);
   for (const auto& p : q.plan) {
     std::string desc;
     char buf[96];

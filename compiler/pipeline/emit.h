@@ -11,12 +11,17 @@
 
 namespace kerf::pipeline {
 
+/// Float metadata: the bits-per-weight budget of a mixed-precision compile (recipe mixed.bpw or
+/// --bpw); written only when a budget was given. `kerf verify` gates bpw_vs_baseline with it.
+inline constexpr const char* kMetaBpwBudget = "quant.bpw_budget";
+
 struct EmitOptions {
   std::vector<uint8_t> tokenizer;  ///< llama2.c tokenizer file bytes (metadata "tokenizer.model")
   std::string recipe;              ///< recorded as "compile.recipe"
   std::string target = "host";     ///< recorded as "compile.target"
   std::string source_name;         ///< recorded as "source.file"
   std::string producer_version;    ///< recorded as "producer.version"
+  double bpw_budget = 0;           ///< > 0: recorded as float kMetaBpwBudget ("quant.bpw_budget")
   std::map<std::string, std::string> extra_meta;  ///< more string metadata (compile.recipe_text, compile.calib_hash, ...)
 };
 
@@ -25,7 +30,7 @@ struct EmitOptions {
 /// or tiled: the compiler packs them for the target before, see compile.cpp);
 /// other initializers read by ops (norm weights) are stored as f32. Every value must have a static
 /// last dimension (its width). Metadata: model.* (arch, vocab_size, dim, n_layers, max_seq_len),
-/// tokenizer.*, producer.*, compile.*, quant.bpw and one "quant.tensor.<name>" string per tensor:
+/// tokenizer.*, producer.*, compile.*, quant.bpw, quant.bpw_budget (mixed precision only) and one "quant.tensor.<name>" string per tensor:
 /// RTN baseline: the stored precision (fmt::describe_qtype), method and role ("q4_asym g32 rtn
 /// linear", "qasym4/f16 g32 t4 rtn linear"); calibrated: the qspec precision, method, role, then
 /// " layout=t4" for a tiled tensor and the error figures ("int4_asym:g32 gptq linear layout=t4

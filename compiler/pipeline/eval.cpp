@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "compiler/pipeline/json_io.h"
 #include "compiler/pipeline/model_io.h"
 #include "compiler/pipeline/progress.h"
 #include "compiler/pipeline/report.h"
@@ -321,7 +322,7 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
   return rep;
 }
 
-std::string eval_report_json(const EvalReport& r) { return report_object(r).dump(2) + "\n"; }
+std::string eval_report_json(const EvalReport& r) { return json_file_text(report_object(r)); }
 
 std::string eval_report_markdown(const EvalReport& r) {
   std::ostringstream os;

@@ -81,8 +81,6 @@ struct EvalReport {
   std::string prune_summary;          ///< the artifact's "prune.summary"
   std::vector<OpPlacement> ops;       ///< the program, op by op (collect_artifact_structure)
   std::string layout;                 ///< the artifact's "compile.layout" ("tiled4", "plain"; empty when absent)
-  std::string tool_version;           ///< the kerf version for the report's tool.version (the CLI passes
-                                      ///< KERF_VERSION; empty = kerf_version() of build_info.h)
 };
 
 /// Runs the protocol. Errors: kIo / kBadInput for unreadable or corrupt artifact, model or text

@@ -24,7 +24,8 @@
 #include <openssl/evp.h>
 
 #include "compiler/pipeline/build_info.h"
-#include "formats/artifact/writer.h"
+#include "compiler/pipeline/json_io.h"
+#include "compiler/pipeline/text.h"
 #include "kerf/format.h"
 
 namespace kerf::pipeline {
@@ -50,12 +51,6 @@ struct MdCtxFree {
 using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
 
 std::string basename_of(const std::string& path) { return fs::path(path).filename().string(); }
-
-/// Writes `text` to `path` atomically (artifact::write_file_atomic).
-Status write_text_atomic(const std::string& path, const std::string& text) {
-  const std::string err = artifact::write_file_atomic(path, text.data(), text.size());
-  return err.empty() ? Status::Ok() : IoError(err);
-}
 
 /// {"file": basename (or `shown`), "bytes", "sha256"} of a file.
 Result<json> hashed_file(const std::string& path, const std::string& shown = "") {
@@ -195,13 +190,6 @@ std::string blas_description() {
   return "unknown";
 }
 
-std::string fmt_double(double v) {
-  std::ostringstream os;
-  os.precision(17);
-  os << v;
-  return os.str();
-}
-
 }  // namespace
 
 std::string manifest_path_for(const std::string& artifact_path) {
@@ -244,23 +232,10 @@ std::string sha256_hex(const std::string& bytes) {
   return to_hex(md, len);
 }
 
-Result<json> read_manifest(const std::string& manifest_path) {
-  std::ifstream f(manifest_path, std::ios::binary);
-  if (!f) return IoError(manifest_path + ": cannot open manifest");
-  std::ostringstream os;
-  os << f.rdbuf();
-  if (f.bad()) return IoError(manifest_path + ": read error");
-  json j = json::parse(os.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return BadInput(manifest_path + ": not valid JSON");
-  if (!j.is_object()) return BadInput(manifest_path + ": not a JSON object");
-  auto it = j.find("schema");
-  if (it == j.end() || !it->is_string() || it->get<std::string>() != kManifestSchema)
-    return BadInput(manifest_path + ": \"schema\" is not \"" + std::string(kManifestSchema) + "\"");
-  return j;
-}
+Result<json> read_manifest(const std::string& manifest_path) { return read_json_file(manifest_path, {kManifestSchema}); }
 
 Status write_manifest(const std::string& manifest_path, const json& manifest) {
-  return write_text_atomic(manifest_path, manifest.dump(2) + "\n");
+  return write_text_atomic(manifest_path, json_file_text(manifest));
 }
 
 Status manifest_set_verification(const std::string& manifest_path, const json& verification) {
@@ -296,7 +271,7 @@ Result<std::string> inspect_manifest_text(const std::string& artifact_path) {
   if (a != m.end() && a->contains("file") && (*a)["file"].is_string() &&
       (*a)["file"].get<std::string>() != basename_of(artifact_path))
     note = " (the manifest names it " + (*a)["file"].get<std::string>() + ")";
-  return "\nmanifest " + mpath + ": artifact sha256 matches" + note + "\n" + m.dump(2) + "\n";
+  return "\nmanifest " + mpath + ": artifact sha256 matches" + note + "\n" + json_file_text(m);
 }
 
 std::string canonical_compile_options(const CompileOptions& opt, bool calibrated) {
@@ -321,11 +296,11 @@ std::string canonical_compile_options(const CompileOptions& opt, bool calibrated
   if (!opt.method.empty()) add("--method", opt.method);
   if (opt.calib_stories) add("--calib-stories", std::to_string(opt.calib_stories->begin) + ":" + std::to_string(opt.calib_stories->end));
   if (opt.calib_tokens >= 0) add("--calib-tokens", std::to_string(opt.calib_tokens));
-  if (opt.bpw > 0) add("--bpw", fmt_double(opt.bpw));
+  if (opt.bpw > 0) add("--bpw", shortest_double(opt.bpw));
   if (opt.strict) add("--strict", "");
-  if (opt.keep_heads < 1) add("--keep-heads", fmt_double(opt.keep_heads));
-  if (opt.keep_ffn < 1) add("--keep-ffn", fmt_double(opt.keep_ffn));
-  if (opt.keep_embed < 1) add("--keep-embed", fmt_double(opt.keep_embed));
+  if (opt.keep_heads < 1) add("--keep-heads", shortest_double(opt.keep_heads));
+  if (opt.keep_ffn < 1) add("--keep-ffn", shortest_double(opt.keep_ffn));
+  if (opt.keep_embed < 1) add("--keep-embed", shortest_double(opt.keep_embed));
   if (opt.drop_blocks > 0) add("--drop-blocks", std::to_string(opt.drop_blocks));
   if (!opt.head_mode.empty()) add("--head-mode", opt.head_mode);
   if (!opt.importance.empty()) add("--importance", opt.importance);

@@ -12,17 +12,9 @@
 
 #include <nlohmann/json.hpp>
 
-namespace kerf::progress {
+#include "compiler/pipeline/json_io.h"
 
-const char* mode_name(Mode m) {
-  switch (m) {
-    case Mode::kQuiet: return "quiet";
-    case Mode::kLines: return "lines";
-    case Mode::kBar: return "bar";
-    case Mode::kJson: return "json";
-  }
-  return "?";
-}
+namespace kerf::progress {
 
 Mode choose_mode(bool quiet, bool log_json, bool stderr_is_tty) {
   if (log_json) return Mode::kJson;
@@ -258,27 +250,21 @@ class StreamReporter final : public Reporter {
   }
 
   void timing(const std::vector<TimingRow>& rows, double total_seconds) override {
+    if (o_.mode != Mode::kJson) return;  // the table is the caller's (timing_table(), on stdout)
     std::lock_guard<std::mutex> lk(mu_);
-    if (o_.mode == Mode::kJson) {
-      nlohmann::ordered_json j;
-      j["event"] = "timing";
-      j["total_s"] = round_to(total_seconds, 3);
-      nlohmann::ordered_json st = nlohmann::ordered_json::array();
-      for (const TimingRow& r : rows) {
-        nlohmann::ordered_json e;
-        e["stage"] = r.stage;
-        e["seconds"] = round_to(r.seconds, 3);
-        e["percent"] = round_to(total_seconds > 0 ? 100.0 * r.seconds / total_seconds : 0.0, 1);
-        st.push_back(std::move(e));
-      }
-      j["stages"] = std::move(st);
-      json_line(j);
-      return;
+    nlohmann::ordered_json j;
+    j["event"] = "timing";
+    j["total_s"] = round_to(total_seconds, 3);
+    nlohmann::ordered_json st = nlohmann::ordered_json::array();
+    for (const TimingRow& r : rows) {
+      nlohmann::ordered_json e;
+      e["stage"] = r.stage;
+      e["seconds"] = round_to(r.seconds, 3);
+      e["percent"] = round_to(total_seconds > 0 ? 100.0 * r.seconds / total_seconds : 0.0, 1);
+      st.push_back(std::move(e));
     }
-    // Asked for explicitly (--time): printed in every other mode, quiet included.
-    if (o_.mode == Mode::kBar) clear();
-    emit(timing_table(rows, total_seconds));
-    if (o_.mode == Mode::kBar) draw();
+    j["stages"] = std::move(st);
+    json_line(j);
   }
 
  private:
@@ -286,7 +272,7 @@ class StreamReporter final : public Reporter {
     if (o_.write) o_.write(s);
   }
   void json_line(const nlohmann::ordered_json& j) {
-    emit(j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n");
+    emit(pipeline::dump_json(j) + "\n");
   }
   static void put_number(nlohmann::ordered_json& j, const char* key, double v, int digits) {
     if (v >= 0 && std::isfinite(v))

@@ -41,9 +41,6 @@ enum class Mode {
   kJson,   ///< one JSON object per line for every event (see the vocabulary above)
 };
 
-/// "quiet" | "lines" | "bar" | "json".
-const char* mode_name(Mode m);
-
 /// The mode of a process: json when `log_json` (it wins over `quiet`: a machine asked for the
 /// events), else quiet when `quiet`, else bar when stderr is a terminal (`stderr_is_tty`, and TERM
 /// is not "dumb"), else lines.
@@ -85,7 +82,8 @@ class Reporter {
   virtual void log(const std::string& msg) = 0;
   /// An error (printed in every mode, quiet included): "kerf: MSG" or an "error" event.
   virtual void error(const std::string& msg, int exit_code) = 0;
-  /// A time breakdown: a table (percent of `total_seconds`) or a "timing" event.
+  /// A time breakdown as a "timing" event (json mode; the other modes print nothing: the CLI prints
+  /// timing_table() on stdout itself).
   virtual void timing(const std::vector<TimingRow>& rows, double total_seconds) = 0;
 };
 

@@ -100,21 +100,6 @@ const std::vector<std::pair<const char*, std::optional<double> VerifyThresholds:
   return f;
 }
 
-namespace {
-
-// Whole-string finite number (no trailing garbage).
-bool parse_number(const std::string& s, double* out) {
-  if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return false;
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(s.c_str(), &end);
-  if (end != s.c_str() + s.size() || errno == ERANGE || !std::isfinite(v)) return false;
-  *out = v;
-  return true;
-}
-
-}  // namespace
-
 Result<double> parse_threshold(const std::string& key, const std::string& text) {
   bool known = false;
   for (const auto& [name, member] : VerifyThresholds::fields()) known |= key == name;
@@ -125,9 +110,10 @@ Result<double> parse_threshold(const std::string& key, const std::string& text) 
   while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
   const bool percent = !t.empty() && t.back() == '%';
   if (percent) t.pop_back();
-  double v = 0;
-  if (!parse_number(t, &v)) return InvalidArgument("'" + text + "' is not a number" + (nats ? "" : " or a percentage such as 5%"));
+  const std::optional<double> num = parse_finite(t);
+  if (!num) return InvalidArgument("'" + text + "' is not a number" + (nats ? "" : " or a percentage such as 5%"));
   if (nats && percent) return InvalidArgument("'" + text + "': KL is in nats per token, not a percentage (e.g. 0.08)");
+  double v = *num;
   if (percent) v /= 100.0;
   else if (!nats && v > 1.0) {
     char frac[32];
@@ -143,18 +129,7 @@ std::map<std::string, std::string> verify_metadata(const VerifyThresholds& th) {
   std::map<std::string, std::string> m;
   for (const auto& [name, member] : VerifyThresholds::fields()) {
     if (!(th.*member)) continue;
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.17g", *(th.*member));
-    // The shortest text that reads back to the same double.
-    for (int prec = 1; prec <= 17; ++prec) {
-      char b2[64];
-      std::snprintf(b2, sizeof b2, "%.*g", prec, *(th.*member));
-      if (std::strtod(b2, nullptr) == *(th.*member)) {
-        std::snprintf(buf, sizeof buf, "%s", b2);
-        break;
-      }
-    }
-    m[std::string("verify.") + name] = buf;
+    m[std::string("verify.") + name] = shortest_double(*(th.*member));
   }
   return m;
 }
@@ -166,9 +141,9 @@ Result<VerifyThresholds> verify_thresholds_from_metadata(
     const std::string key = std::string("verify.") + name;
     const std::optional<std::string> v = get(key);
     if (!v) continue;
-    double d = 0;
-    if (!parse_number(*v, &d) || d < 0) return BadInput("metadata " + key + " = '" + *v + "' is not a non-negative number");
-    th.*member = d;
+    const std::optional<double> d = parse_finite(*v);
+    if (!d || *d < 0) return BadInput("metadata " + key + " = '" + *v + "' is not a non-negative number");
+    th.*member = *d;
   }
   return th;
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "compiler/pipeline/build_info.h"
+#include "compiler/pipeline/text.h"
 #include "kerf/format.h"
 #include "quant/bpw.h"
 #include "quant/qspec.h"
@@ -24,15 +25,6 @@ std::vector<std::string> split_spaces(const std::string& s) {
   std::string w;
   while (is >> w) out.push_back(w);
   return out;
-}
-
-std::optional<double> to_double(const std::string& s) {
-  if (s.empty()) return std::nullopt;
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(s.c_str(), &end);
-  if (end != s.c_str() + s.size() || errno == ERANGE || !std::isfinite(v)) return std::nullopt;
-  return v;
 }
 
 std::optional<int64_t> to_int(const std::string& s) {
@@ -133,11 +125,11 @@ TensorDetail parse_tensor_detail(const std::string& detail, int64_t cols) {
     if (k == "layout" && v.size() > 1 && v[0] == 't') {
       if (auto r = to_int(v.substr(1))) d.tile_rows = static_cast<int>(*r);
     } else if (k == "rel.err") {
-      d.rel_err = to_double(v);
+      d.rel_err = parse_finite(v);
     } else if (k == "out.err") {
-      d.out_err = to_double(v);
+      d.out_err = parse_finite(v);
     } else if (k == "sens.kl") {
-      d.sens_kl = to_double(v);
+      d.sens_kl = parse_finite(v);
     }
   }
   if (pos.size() == 3 && quant::parse_qspec(pos[0]).ok()) {  // calibrated form
@@ -217,7 +209,7 @@ nlohmann::ordered_json report_object(const EvalReport& r) {
   const bool ref = !r.reference.empty();
   J j;
   j["schema"] = kReportSchema;
-  j["tool"] = {{"name", "kerf"}, {"version", r.tool_version.empty() ? std::string(kerf_version()) : r.tool_version}, {"commit", kerf_commit()}};
+  j["tool"] = {{"name", "kerf"}, {"version", kerf_version()}, {"commit", kerf_commit()}};
   j["artifact"] = r.artifact;
   j["reference"] = r.reference;
   j["text"] = r.text;

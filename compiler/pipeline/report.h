@@ -17,6 +17,8 @@ namespace kerf::pipeline {
 
 /// The value of every report's "schema" key.
 inline constexpr const char* kReportSchema = "kerf.report/1";
+/// The schema of the older reports (`kerf eval --json` before kerf.report/1), still read.
+inline constexpr const char* kEvalReportSchema = "kerf.eval/1";
 
 /// A "quant.tensor.<name>" metadata string, parsed. Two forms are written by the compiler
 /// (compiler/pipeline/emit.cpp):
@@ -52,7 +54,7 @@ void collect_artifact_structure(const kerf_model* m, EvalReport* rep);
 
 /// The report as a JSON object, keys in the documented order (docs/report.md). Reference-dependent
 /// numbers (ppl_reference, nll_reference, kl, top1) are null when the report has no reference.
-/// tool.version is r.tool_version (or kerf_version()), tool.commit is kerf_commit() (build_info.h).
+/// tool.version is kerf_version(), tool.commit is kerf_commit() (build_info.h).
 nlohmann::ordered_json report_object(const EvalReport& r);
 
 }  // namespace kerf::pipeline

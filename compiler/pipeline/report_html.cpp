@@ -18,7 +18,8 @@
 #include <set>
 #include <sstream>
 
-#include "formats/artifact/writer.h"
+#include "compiler/pipeline/json_io.h"
+#include "compiler/pipeline/report.h"
 
 namespace kerf::pipeline {
 namespace {
@@ -152,7 +153,7 @@ std::string cell(const J& o, const char* k) {
   if (v->is_number_integer() || v->is_number_unsigned()) return grouped(v->get<double>());
   if (v->is_number()) return sig(v->get<double>());
   if (v->is_boolean()) return v->get<bool>() ? "yes" : "no";
-  return esc(v->dump());
+  return esc(dump_json(*v));
 }
 
 bool has_reference(const J& r) {
@@ -161,7 +162,7 @@ bool has_reference(const J& r) {
 }
 
 std::string schema_of(const J& r) { return str_or(r, "schema", "?"); }
-bool is_old(const J& r) { return schema_of(r) == "kerf.eval/1"; }
+bool is_old(const J& r) { return schema_of(r) == kEvalReportSchema; }
 
 // ------------------------------------------------------------------------------ SVG charts
 
@@ -576,7 +577,7 @@ void verification_section(std::ostringstream& o, const J& r) {
     const J* src = obj(*ver, "threshold_sources");
     o << "<h3>Thresholds</h3><table><tr><th>threshold</th><th class=\"n\">value</th>" << (src ? "<th>from</th>" : "") << "</tr>\n";
     for (auto it = th->begin(); it != th->end(); ++it) {
-      std::string v = it->is_number() ? sig(it->get<double>()) : esc(it->dump());
+      std::string v = it->is_number() ? sig(it->get<double>()) : esc(dump_json(*it));
       if (it->is_number() && (it.key() == "max_ppl_increase" || it.key() == "max_ppl_regression"))
         v = strf("%.2f %%", 100.0 * it->get<double>());
       o << "<tr><td><code>" << esc(it.key()) << "</code></td><td class=\"n\">" << v << "</td>";
@@ -1058,11 +1059,12 @@ const char* type_name(const J& v) {
 Status check_report(const nlohmann::ordered_json& j, const std::string& label) {
   if (!j.is_object()) return BadInput(label + ": not a kerf report: the top level is " + type_name(j) + ", not an object");
   const J* s = get(j, "schema");
-  if (s == nullptr) return BadInput(label + ": not a kerf report: no \"schema\" key (expected \"kerf.report/1\")");
+  if (s == nullptr) return BadInput(label + ": not a kerf report: no \"schema\" key (expected \"" + kReportSchema + "\")");
   if (!s->is_string()) return BadInput(label + ": \"schema\" is " + type_name(*s) + ", not a string");
   const std::string schema = s->get<std::string>();
-  if (schema != "kerf.report/1" && schema != "kerf.eval/1")
-    return BadInput(label + ": schema \"" + schema + "\" is not supported (expected \"kerf.report/1\" or the older \"kerf.eval/1\")");
+  if (schema != kReportSchema && schema != kEvalReportSchema)
+    return BadInput(label + ": schema \"" + schema + "\" is not supported (expected \"" + kReportSchema + "\" or the older \"" +
+                    kEvalReportSchema + "\")");
   auto want = [&](const char* key, bool (J::*is)() const noexcept, const char* what) -> Status {
     auto it = j.find(key);
     if (it == j.end() || it->is_null() || ((*it).*is)()) return Status::Ok();
@@ -1085,16 +1087,7 @@ Status check_report(const nlohmann::ordered_json& j, const std::string& label) {
 }
 
 Result<nlohmann::ordered_json> read_report(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return IoError(path + ": cannot read report: " + std::strerror(errno));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  J j;
-  try {
-    j = J::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    return BadInput(path + ": malformed JSON: " + e.what());
-  }
+  KERF_ASSIGN_OR_RETURN(J j, read_json_file(path, {kReportSchema, kEvalReportSchema}));
   KERF_RETURN_IF_ERROR(check_report(j, path));
   return j;
 }
@@ -1127,9 +1120,7 @@ Status write_report_html(const ReportOptions& opt) {
   }
   const std::string html = render_report_html(*rep, base ? &*base : nullptr, curve);
 
-  const std::string err = artifact::write_file_atomic(opt.output_path, html.data(), html.size());
-  if (!err.empty()) return IoError(err);
-  return Status::Ok();
+  return write_text_atomic(opt.output_path, html);
 }
 
 }  // namespace kerf::pipeline

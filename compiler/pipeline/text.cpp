@@ -1,5 +1,10 @@
 #include "compiler/pipeline/text.h"
 
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -59,6 +64,21 @@ Result<std::vector<std::string>> select_stories(const std::vector<std::string>& 
     return InvalidArgument("stories " + std::to_string(r.begin) + ":" + std::to_string(r.end) + " requested but " +
                            path + " has " + std::to_string(all.size()));
   return std::vector<std::string>(all.begin() + r.begin, all.begin() + r.end);
+}
+
+std::optional<double> parse_finite(const std::string& s) {
+  if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(s.c_str(), &end);
+  if (end != s.c_str() + s.size() || errno == ERANGE || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+std::string shortest_double(double v) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
 }
 
 }  // namespace kerf::pipeline

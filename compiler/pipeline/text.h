@@ -2,6 +2,7 @@
 // "<|endoftext|>".
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,5 +25,13 @@ Result<std::vector<std::string>> read_stories(const std::string& path);
 /// Stories [r.begin, r.end) of `all`; kInvalidArgument if the file has fewer stories.
 Result<std::vector<std::string>> select_stories(const std::vector<std::string>& all, StoryRange r,
                                                 const std::string& path);
+
+/// Numbers in metadata, recipe and report text.
+/// The finite double that the WHOLE of `s` spells (strtod syntax; no leading space, no trailing
+/// characters, no overflow); nullopt otherwise.
+std::optional<double> parse_finite(const std::string& s);
+/// The shortest decimal text that reads back to the same double (std::to_chars): 0.1 -> "0.1",
+/// 4 -> "4", 1e-05 -> "1e-05".
+std::string shortest_double(double v);
 
 }  // namespace kerf::pipeline

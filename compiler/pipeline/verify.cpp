@@ -11,6 +11,8 @@
 #include <sstream>
 
 #include "compiler/pipeline/bench.h"
+#include "compiler/pipeline/emit.h"
+#include "compiler/pipeline/json_io.h"
 #include "compiler/pipeline/manifest.h"
 #include "compiler/pipeline/report.h"
 #include "kerf/kerf.h"
@@ -117,22 +119,9 @@ Status set_threshold(VerifyThresholds* t, const std::string& key, const std::str
 }
 
 Result<J> read_report_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return IoError("baseline report " + path + ": cannot open");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  if (!f.good() && !f.eof()) return IoError("baseline report " + path + ": read failed");
-  J j;
-  try {
-    j = J::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    return BadInput("baseline report " + path + ": not valid JSON: " + e.what());
-  }
-  if (!j.is_object()) return BadInput("baseline report " + path + ": not a JSON object");
-  const std::optional<std::string> schema = str(j, "schema");
-  if (!schema || (*schema != kReportSchema && *schema != "kerf.eval/1"))
-    return BadInput("baseline report " + path + ": \"schema\" is " + (schema ? "'" + *schema + "'" : std::string("missing")) +
-                    ", expected '" + kReportSchema + "' (kerf eval / verify --json) or 'kerf.eval/1'");
+  auto r = read_json_file(path, {kReportSchema, kEvalReportSchema});
+  if (!r.ok()) return r.status().with_context("baseline report");
+  J j = std::move(*r);
   if (!num(j, "ppl") || !(*num(j, "ppl") > 0))
     return BadInput("baseline report " + path + ": \"ppl\" is missing or not a positive number");
   for (const char* k : {"kl", "top1", "bpw", "bytes"}) {
@@ -174,21 +163,14 @@ Result<ResolvedThresholds> resolve_thresholds(const std::string& artifact_path, 
         r.sources[d.first] = "default";
       }
   }
-  // The bits-per-weight budget, from the recipe name the compiler records: "<name> (mixed, budget 4.500 bpw)".
-  if (auto recipe = meta_string(model.get(), "compile.recipe")) {
-    const auto at = recipe->find("(mixed, budget ");
-    if (at != std::string::npos) {
-      const char* p = recipe->c_str() + at + std::strlen("(mixed, budget ");
-      char* end = nullptr;
-      const double b = std::strtod(p, &end);
-      if (end != p && b > 0 && std::isfinite(b)) r.bpw_budget = b;
-    }
-  }
+  // The bits-per-weight budget of a mixed-precision recipe, recorded by the compiler.
+  double budget = 0;
+  if (kerf_model_meta_float(model.get(), kMetaBpwBudget, &budget) == KERF_OK && budget > 0 && std::isfinite(budget))
+    r.bpw_budget = budget;
   return r;
 }
 
-std::vector<VerifyCheck> run_checks(const J& report, const ResolvedThresholds& th, const J* baseline,
-                                    const std::string& /*baseline_path*/) {
+std::vector<VerifyCheck> run_checks(const J& report, const ResolvedThresholds& th, const J* baseline) {
   std::vector<VerifyCheck> out;
   const VerifyThresholds& t = th.values;
   const auto ppl = num(report, "ppl"), ppl_ref = num(report, "ppl_reference"), kl = num(report, "kl"),
@@ -316,7 +298,6 @@ Result<VerifyOutcome> run_verify(const VerifyOptions& opt) {
     return InvalidArgument("baseline report " + opt.baseline_path + " scored " + fmt_num(*bt, 12) + " tokens, this run " +
                            std::to_string(rep.predicted_tokens) + " on the same stories: another text file or tokenizer");
   }
-  rep.tool_version = opt.tool_version;
   o.report = report_object(rep);
   if (opt.bench) {
     BenchOptions bo;
@@ -333,7 +314,7 @@ Result<VerifyOutcome> run_verify(const VerifyOptions& opt) {
                          {"isa", br.isa}};
   }
   const J* base = o.baseline ? &*o.baseline : nullptr;
-  o.checks = run_checks(o.report, th, base, opt.baseline_path);
+  o.checks = run_checks(o.report, th, base);
   o.report["verification"] = verification_object(o.checks, th, base, opt.baseline_path);
   o.passed = o.report["verification"]["passed"].get<bool>();
   return o;

@@ -40,7 +40,6 @@ struct VerifyOptions {
   VerifyThresholds thresholds;   ///< from the command line; each set one overrides the artifact's
   std::string baseline_path;     ///< previous report ("kerf.report/1" or "kerf.eval/1"); empty = none
   bool bench = false;            ///< add "speed": kerf bench with 1 thread, -p 64 -n 32 -r 1
-  std::string tool_version;      ///< the report's tool.version (the CLI's KERF_VERSION)
 };
 
 /// One comparison.
@@ -57,7 +56,7 @@ struct VerifyCheck {
 struct ResolvedThresholds {
   VerifyThresholds values;
   std::map<std::string, std::string> sources;
-  std::optional<double> bpw_budget;  ///< the artifact recipe's mixed.bpw, when it has one
+  std::optional<double> bpw_budget;  ///< the artifact's "quant.bpw_budget" (a mixed-precision recipe's budget)
 };
 
 struct VerifyOutcome {
@@ -86,7 +85,7 @@ Result<ResolvedThresholds> resolve_thresholds(const std::string& artifact_path, 
 /// report. Pure: no I/O. Checks whose inputs are missing (null ppl_reference, a baseline without
 /// "kl") are left out.
 std::vector<VerifyCheck> run_checks(const nlohmann::ordered_json& report, const ResolvedThresholds& th,
-                                    const nlohmann::ordered_json* baseline, const std::string& baseline_path);
+                                    const nlohmann::ordered_json* baseline);
 
 /// The report's "verification" object: passed, thresholds, threshold_sources, checks, baseline.
 nlohmann::ordered_json verification_object(const std::vector<VerifyCheck>& checks, const ResolvedThresholds& th,
