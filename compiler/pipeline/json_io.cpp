@@ -11,15 +11,6 @@ namespace kerf::pipeline {
 
 namespace {
 
-const char* type_name(const nlohmann::ordered_json& v) {
-  if (v.is_null()) return "null";
-  if (v.is_boolean()) return "a boolean";
-  if (v.is_number()) return "a number";
-  if (v.is_string()) return "a string";
-  if (v.is_array()) return "an array";
-  return "an object";
-}
-
 /// "\"a\" or \"b\"".
 std::string quoted_list(const std::vector<std::string>& v) {
   std::string s;
@@ -51,11 +42,11 @@ Result<nlohmann::ordered_json> read_json_file(const std::string& path, const std
   } catch (const nlohmann::json::exception& e) {  // e.g. out_of_range 406: a number beyond double (1e400)
     return BadInput(path + ": not valid JSON: " + json_error_text(e));
   }
-  if (!j.is_object()) return BadInput(path + ": not a JSON object: the top level is " + type_name(j) + ", not an object");
+  if (!j.is_object()) return BadInput(path + ": not a JSON object: the top level is " + json_type_name(j) + ", not an object");
   if (schemas.empty()) return j;
   auto s = j.find("schema");
   if (s == j.end()) return BadInput(path + ": no \"schema\" key (expected " + quoted_list(schemas) + ")");
-  if (!s->is_string()) return BadInput(path + ": \"schema\" is " + type_name(*s) + ", not a string (expected " + quoted_list(schemas) + ")");
+  if (!s->is_string()) return BadInput(path + ": \"schema\" is " + json_type_name(*s) + ", not a string (expected " + quoted_list(schemas) + ")");
   const std::string schema = s->get<std::string>();
   for (const std::string& want : schemas)
     if (schema == want) return j;
@@ -65,6 +56,15 @@ Result<nlohmann::ordered_json> read_json_file(const std::string& path, const std
 Status write_text_atomic(const std::string& path, const std::string& text) {
   const std::string err = artifact::write_file_atomic(path, text.data(), text.size());
   return err.empty() ? Status::Ok() : IoError(err);
+}
+
+const char* json_type_name(const nlohmann::ordered_json& v) {
+  if (v.is_null()) return "null";
+  if (v.is_boolean()) return "a boolean";
+  if (v.is_number()) return "a number";
+  if (v.is_string()) return "a string";
+  if (v.is_array()) return "an array";
+  return "an object";
 }
 
 }  // namespace kerf::pipeline

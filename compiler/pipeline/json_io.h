@@ -35,4 +35,7 @@ Result<nlohmann::ordered_json> read_json_file(const std::string& path, const std
 /// directory, fsync, rename). Errors: kIo naming the file; nothing is left behind then.
 Status write_text_atomic(const std::string& path, const std::string& text);
 
+/// "null", "a boolean", "a number", "a string", "an array" or "an object": for error messages.
+const char* json_type_name(const nlohmann::ordered_json& v);
+
 }  // namespace kerf::pipeline

@@ -1043,24 +1043,11 @@ std::string render_report_html(const nlohmann::ordered_json& report, const nlohm
 
 // ------------------------------------------------------------------------------ files
 
-namespace {
-
-const char* type_name(const J& v) {
-  if (v.is_null()) return "null";
-  if (v.is_boolean()) return "a boolean";
-  if (v.is_number()) return "a number";
-  if (v.is_string()) return "a string";
-  if (v.is_array()) return "an array";
-  return "an object";
-}
-
-}  // namespace
-
 Status check_report(const nlohmann::ordered_json& j, const std::string& label) {
-  if (!j.is_object()) return BadInput(label + ": not a kerf report: the top level is " + type_name(j) + ", not an object");
+  if (!j.is_object()) return BadInput(label + ": not a kerf report: the top level is " + json_type_name(j) + ", not an object");
   const J* s = get(j, "schema");
   if (s == nullptr) return BadInput(label + ": not a kerf report: no \"schema\" key (expected \"" + kReportSchema + "\")");
-  if (!s->is_string()) return BadInput(label + ": \"schema\" is " + type_name(*s) + ", not a string");
+  if (!s->is_string()) return BadInput(label + ": \"schema\" is " + json_type_name(*s) + ", not a string");
   const std::string schema = s->get<std::string>();
   if (schema != kReportSchema && schema != kEvalReportSchema)
     return BadInput(label + ": schema \"" + schema + "\" is not supported (expected \"" + kReportSchema + "\" or the older \"" +
@@ -1068,7 +1055,7 @@ Status check_report(const nlohmann::ordered_json& j, const std::string& label) {
   auto want = [&](const char* key, bool (J::*is)() const noexcept, const char* what) -> Status {
     auto it = j.find(key);
     if (it == j.end() || it->is_null() || ((*it).*is)()) return Status::Ok();
-    return BadInput(label + ": \"" + key + "\" is " + type_name(*it) + ", expected " + what);
+    return BadInput(label + ": \"" + key + "\" is " + json_type_name(*it) + ", expected " + what);
   };
   for (const char* k : {"ppl", "ppl_reference", "nll", "nll_reference", "kl", "top1", "bpw", "bytes", "n_stories", "predicted_tokens"})
     KERF_RETURN_IF_ERROR(want(k, &J::is_number, "a number"));
@@ -1079,10 +1066,10 @@ Status check_report(const nlohmann::ordered_json& j, const std::string& label) {
     if (const J* a = arr(j, k))
       for (size_t i = 0; i < a->size(); ++i)
         if (!(*a)[i].is_object())
-          return BadInput(label + ": \"" + k + "\"[" + std::to_string(i) + "] is " + type_name((*a)[i]) + ", expected an object");
+          return BadInput(label + ": \"" + k + "\"[" + std::to_string(i) + "] is " + json_type_name((*a)[i]) + ", expected an object");
   if (const J* v = obj(j, "verification"))
     if (const J* c = get(*v, "checks"); c != nullptr && !c->is_array())
-      return BadInput(label + ": \"verification.checks\" is " + type_name(*c) + ", expected an array");
+      return BadInput(label + ": \"verification.checks\" is " + json_type_name(*c) + ", expected an array");
   return Status::Ok();
 }
 
