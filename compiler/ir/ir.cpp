@@ -2,6 +2,7 @@
 
 #include "kerf/format.h"
 
+#include <algorithm>
 #include <cassert>
 #include <cmath>
 #include <cstring>
@@ -325,9 +326,17 @@ Status Graph::validate() const {
       return BadInput("duplicate node name '" + n.name + "'");
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       const auto& in = n.inputs[i];
-      if (!in.empty() && !defined.count(in))
+      if (!in.empty() && !defined.count(in)) {
+        std::string later;  // a later producer: the graph is out of order or has a cycle
+        for (const auto& m : nodes)
+          if (later.empty() && &m != &n && std::find(m.outputs.begin(), m.outputs.end(), in) != m.outputs.end())
+            later = m.name;
         return BadInput("node '" + n.name + "' (" + n.qualified_op() + ") input " + std::to_string(i) + " '" + in +
-                        "' is not defined before it (not a graph input, initializer or earlier output)");
+                        "' is not defined before it (not a graph input, initializer or earlier output)" +
+                        (later.empty() ? std::string()
+                                       : "; it is produced by the later node '" + later +
+                                             "' (the graph has a cycle or is not topologically sorted)"));
+      }
     }
     for (const auto& o : n.outputs) {
       if (o.empty()) continue;

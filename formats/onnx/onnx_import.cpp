@@ -4,6 +4,7 @@
 #include <onnx/onnx_pb.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -39,10 +40,20 @@ Result<DType> map_dtype(int32_t t, const std::string& what) {
     case onnx::TensorProto::UINT8: return DType::kU8;
     case onnx::TensorProto::BOOL: return DType::kBool;
     default:
+      if (!onnx::TensorProto::DataType_IsValid(t) || t == onnx::TensorProto::UNDEFINED)
+        return BadInput(what + ": ONNX element type " + std::to_string(t) + " is not a valid ONNX data type");
       return Unsupported(what + ": ONNX element type " + std::to_string(t) + " (" +
                          onnx::TensorProto::DataType_Name(static_cast<onnx::TensorProto::DataType>(t)) +
                          ") is not supported");
   }
+}
+
+/// A decimal external-data offset / length; std::stoull would throw on "lots" or an overflow.
+Result<uint64_t> parse_external_number(const std::string& v, const std::string& what, const std::string& key) {
+  uint64_t x = 0;
+  const auto r = std::from_chars(v.data(), v.data() + v.size(), x);  // digits only, overflow is an error
+  if (v.empty() || r.ec != std::errc() || r.ptr != v.data() + v.size()) return BadInput(what + ": external data " + key + " '" + v + "' is not a number");
+  return x;
 }
 
 Result<ir::Tensor> convert_tensor(const onnx::TensorProto& tp, const std::string& what, const fs::path& base_dir) {
@@ -65,8 +76,12 @@ Result<ir::Tensor> convert_tensor(const onnx::TensorProto& tp, const std::string
     bool has_length = false;
     for (const auto& kv : tp.external_data()) {
       if (kv.key() == "location") location = kv.value();
-      else if (kv.key() == "offset") offset = std::stoull(kv.value());
-      else if (kv.key() == "length") { length = std::stoull(kv.value()); has_length = true; }
+      else if (kv.key() == "offset") {
+        KERF_ASSIGN_OR_RETURN(offset, parse_external_number(kv.value(), what, "offset"));
+      } else if (kv.key() == "length") {
+        KERF_ASSIGN_OR_RETURN(length, parse_external_number(kv.value(), what, "length"));
+        has_length = true;
+      }
     }
     if (location.empty()) return BadInput(what + ": external data without a location");
     fs::path p = (base_dir / location).lexically_normal();
@@ -225,14 +240,16 @@ Result<ir::Graph> import_onnx_bytes(const void* data, size_t size, const std::st
   }
   for (const auto& in : gp.input()) {
     if (g.initializers.count(in.name())) continue;  // IR < 4 style: initializers listed as inputs
-    KERF_ASSIGN_OR_RETURN(ir::ValueInfo vi, convert_value_info(in));
+    auto vi = convert_value_info(in);
+    if (!vi.ok()) return vi.status().with_context(display_name + ": graph input");
     g.inputs.push_back(in.name());
-    g.values[in.name()] = vi;
+    g.values[in.name()] = *vi;
   }
   for (const auto& out : gp.output()) {
-    KERF_ASSIGN_OR_RETURN(ir::ValueInfo vi, convert_value_info(out));
+    auto vi = convert_value_info(out);
+    if (!vi.ok()) return vi.status().with_context(display_name + ": graph output");
     g.outputs.push_back(out.name());
-    g.values[out.name()] = vi;
+    g.values[out.name()] = *vi;
   }
   for (const auto& vi : gp.value_info()) {
     auto r = convert_value_info(vi);
