@@ -10,6 +10,8 @@
 #include <tuple>
 #include <vector>
 #include <malloc.h>
+#include <exception>
+#include <new>
 #include <unistd.h>
 
 #include "compiler/pipeline/bench.h"
@@ -84,7 +86,7 @@ void add_pruning_options(CLI::App* c, kerf::pipeline::CompileOptions& o) {
   c->add_flag("--resume", o.resume, "continue distillation from --checkpoint");
 }
 
-int main(int argc, char** argv) {
+static int kerf_main(int argc, char** argv) {
   // Distillation and calibration allocate and free the same large LibTorch buffers every step; by
   // default glibc returns them to the kernel (mmap'd blocks, heap trimming) and the next step
   // page-faults them in again (measured: ~20 % of a distillation step in kernel page faults).
@@ -389,4 +391,20 @@ int main(int argc, char** argv) {
     return 0;
   }
   return 0;
+}
+
+// Nothing escapes kerf as an exception: library boundaries convert LibTorch / protobuf / std
+// exceptions to a Status, and anything that slips through is reported here with its exit code
+// (README "Exit codes") instead of std::terminate's abort. Outputs are written atomically, so an
+// exception never leaves a half-written file behind.
+int main(int argc, char** argv) {
+  try {
+    return kerf_main(argc, argv);
+  } catch (const std::bad_alloc&) {
+    return fail(kerf::ResourceLimit("out of memory (the model or the requested work does not fit in this machine's memory)"));
+  } catch (const std::exception& e) {
+    return fail(kerf::Internal(std::string("uncaught exception: ") + e.what()));
+  } catch (...) {
+    return fail(kerf::Internal("uncaught exception of unknown type"));
+  }
 }

@@ -11,6 +11,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libonnx-dev libprotobuf-dev protobuf-compiler libgloo-dev \
   libeigen3-dev libcli11-dev catch2 nlohmann-json3-dev libyaml-cpp-dev \
   libbenchmark-dev libssl-dev g++-aarch64-linux-gnu qemu-user-static chromium \
+  clang libclang-rt-14-dev \
   python3-jsonschema \
   >/dev/null
 echo "kerf dependencies installed"

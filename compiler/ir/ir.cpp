@@ -20,6 +20,7 @@ const char* error_code_name(ErrorCode c) {
     case ErrorCode::kUnsupported: return "unsupported";
     case ErrorCode::kIo: return "i/o error";
     case ErrorCode::kVerificationFailed: return "verification failed";
+    case ErrorCode::kResourceLimit: return "resource limit";
     case ErrorCode::kInternal: return "internal error";
   }
   return "error";
@@ -33,6 +34,7 @@ int exit_code_for(ErrorCode c) {
     case ErrorCode::kUnsupported: return 4;
     case ErrorCode::kIo: return 5;
     case ErrorCode::kVerificationFailed: return 6;
+    case ErrorCode::kResourceLimit: return 7;
     case ErrorCode::kInternal: return 70;
   }
   return 70;

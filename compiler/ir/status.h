@@ -16,6 +16,7 @@ enum class ErrorCode {
   kUnsupported,      ///< well-formed input kerf cannot handle, e.g. an unknown op (exit 4)
   kIo,               ///< file could not be read or written (exit 5)
   kVerificationFailed,  ///< `kerf verify`: a measured metric is outside its threshold (exit 6)
+  kResourceLimit,    ///< out of memory, or a model beyond kerf's limits (file size, nodes, rank) (exit 7)
   kInternal,         ///< a kerf bug (exit 70)
 };
 
@@ -47,6 +48,7 @@ inline Status BadInput(std::string m) { return {ErrorCode::kBadInput, std::move(
 inline Status Unsupported(std::string m) { return {ErrorCode::kUnsupported, std::move(m)}; }
 inline Status IoError(std::string m) { return {ErrorCode::kIo, std::move(m)}; }
 inline Status Internal(std::string m) { return {ErrorCode::kInternal, std::move(m)}; }
+inline Status ResourceLimit(std::string m) { return {ErrorCode::kResourceLimit, std::move(m)}; }
 inline Status VerificationFailed(std::string m) { return {ErrorCode::kVerificationFailed, std::move(m)}; }
 
 /// A value or the Status that explains why there is none.

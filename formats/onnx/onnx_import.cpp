@@ -61,6 +61,9 @@ Result<ir::Tensor> convert_tensor(const onnx::TensorProto& tp, const std::string
   ir::Tensor t;
   t.dtype = dt;
   uint64_t numel = 1;
+  if (tp.dims_size() > kOnnxMaxRank)
+    return ResourceLimit(what + ": rank " + std::to_string(tp.dims_size()) + " is over kerf's limit of " +
+                         std::to_string(kOnnxMaxRank));
   for (int64_t d : tp.dims()) {
     if (d < 0) return BadInput(what + ": negative dimension " + std::to_string(d));
     if (d != 0 && numel > (1ull << 40) / static_cast<uint64_t>(d))
@@ -92,6 +95,15 @@ Result<ir::Tensor> convert_tensor(const onnx::TensorProto& tp, const std::string
     if (has_length && length != nbytes)
       return BadInput(what + ": external data length " + std::to_string(length) + " but shape and dtype need " +
                       std::to_string(nbytes) + " bytes");
+    // A symlink inside the folder may still point outside it: compare the resolved paths too.
+    std::error_code ec_p, ec_b;
+    const fs::path real = fs::weakly_canonical(p, ec_p), real_base = fs::weakly_canonical(base, ec_b);
+    if (!ec_p && !ec_b) {
+      const fs::path real_rel = real.lexically_relative(real_base);
+      if (real_rel.empty() || *real_rel.begin() == "..")
+        return BadInput(what + ": external data location '" + location + "' resolves to '" + real.string() +
+                        "', outside the model's folder");
+    }
     std::ifstream f(p, std::ios::binary);
     if (!f) return IoError(what + ": cannot open external data file '" + p.string() + "'");
     f.seekg(0, std::ios::end);
@@ -157,6 +169,9 @@ Result<ir::ValueInfo> convert_value_info(const onnx::ValueInfoProto& vi) {
     KERF_ASSIGN_OR_RETURN(out.dtype, map_dtype(tt.elem_type(), "value '" + vi.name() + "'"));
   }
   if (tt.has_shape()) {
+    if (tt.shape().dim_size() > kOnnxMaxRank)
+      return ResourceLimit("value '" + vi.name() + "': rank " + std::to_string(tt.shape().dim_size()) +
+                           " is over kerf's limit of " + std::to_string(kOnnxMaxRank));
     out.rank_known = true;
     for (const auto& d : tt.shape().dim()) {
       if (d.has_dim_value()) {
@@ -198,7 +213,7 @@ const std::vector<std::string>& supported_onnx_ops() { return kSupported(); }
 Result<ir::Graph> import_onnx_bytes(const void* data, size_t size, const std::string& base_dir,
                                     const std::string& display_name, const OnnxImportOptions& opt) {
   if (size > opt.max_file_bytes)
-    return BadInput(display_name + ": " + std::to_string(size) + " bytes is over the " +
+    return ResourceLimit(display_name + ": " + std::to_string(size) + " bytes is over the " +
                     std::to_string(opt.max_file_bytes) + "-byte limit for one ONNX file (use external data)");
   onnx::ModelProto model;
   {
@@ -231,6 +246,9 @@ Result<ir::Graph> import_onnx_bytes(const void* data, size_t size, const std::st
   g.metadata["source.opset"] = std::to_string(g.opset);
 
   const auto& gp = model.graph();
+  if (static_cast<size_t>(gp.node_size()) > opt.max_nodes)
+    return ResourceLimit(display_name + ": " + std::to_string(gp.node_size()) + " nodes is over the limit of " +
+                         std::to_string(opt.max_nodes));
   for (const auto& init : gp.initializer()) {
     if (init.name().empty()) return BadInput(display_name + ": an initializer has no name");
     if (g.initializers.count(init.name()))
@@ -329,7 +347,8 @@ Result<ir::Graph> import_onnx(const std::string& path, const OnnxImportOptions& 
   const uint64_t size = fs::file_size(path, ec);
   if (ec) return IoError(path + ": cannot stat: " + ec.message());
   if (size > opt.max_file_bytes)
-    return BadInput(path + ": " + std::to_string(size) + " bytes is over the limit for one ONNX file");
+    return ResourceLimit(path + ": " + std::to_string(size) + " bytes is over the " +
+                         std::to_string(opt.max_file_bytes) + "-byte limit for one ONNX file (use external data)");
   std::ifstream f(path, std::ios::binary);
   if (!f) return IoError(path + ": cannot open");
   std::string bytes(size, '\0');

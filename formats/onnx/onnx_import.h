@@ -12,7 +12,13 @@ struct OnnxImportOptions {
   /// Largest model file accepted, bytes (protobuf's own limit is 2 GiB; bigger weights must use
   /// ONNX external data, which is read from files beside the model).
   uint64_t max_file_bytes = (2ull << 30) - 1;
+  /// Most graph nodes accepted (Llama-70B exports have ~10^4; the bound stops a crafted file from
+  /// making every later pass quadratic).
+  size_t max_nodes = 1u << 20;
 };
+
+/// Highest tensor rank the importer accepts (initializers, value_info, graph inputs / outputs).
+inline constexpr int kOnnxMaxRank = 8;
 
 /// Default-domain ONNX op types kerf can import (and the reference executor can run), sorted.
 const std::vector<std::string>& supported_onnx_ops();
@@ -26,7 +32,8 @@ const std::vector<std::string>& supported_onnx_ops();
 ///  - value_info/outputs types are kept in Graph::values; node names are kept (generated as
 ///    "<op>_<index>" where missing).
 /// Errors: kIo (cannot read), kBadInput (not a parseable ModelProto, bad tensor sizes, duplicate
-/// or undefined values), kUnsupported (opset outside 13-17, unknown domain, ops kerf does not
+/// or undefined values, a tensor over 2^40 elements, nesting deeper than 64 messages), kResourceLimit (file over max_file_bytes,
+/// more than max_nodes nodes, a rank above kOnnxMaxRank), kUnsupported (opset outside 13-17, unknown domain, ops kerf does not
 /// know: the message lists EVERY unsupported op type with the names of its nodes).
 Result<ir::Graph> import_onnx(const std::string& path, const OnnxImportOptions& opt = {});
 

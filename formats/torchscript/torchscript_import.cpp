@@ -1208,7 +1208,7 @@ Result<ir::Graph> import_torchscript(const std::string& path, const TorchScriptI
   const uint64_t size = fs::file_size(path, ec);
   if (ec) return IoError(path + ": cannot stat: " + ec.message());
   if (size > opt.max_file_bytes)
-    return BadInput(path + ": " + std::to_string(size) + " bytes is over the " + std::to_string(opt.max_file_bytes) +
+    return ResourceLimit(path + ": " + std::to_string(size) + " bytes is over the " + std::to_string(opt.max_file_bytes) +
                     "-byte limit for a TorchScript archive");
   if (!is_torchscript_archive(path)) return BadInput(path + ": not a TorchScript archive (no zip header)");
   try {

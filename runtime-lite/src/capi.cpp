@@ -9,39 +9,64 @@
 #include "model.h"
 #include "qkernels.h"
 
-extern "C" {
+namespace {
 
-int kerf_model_open(const char* path, uint32_t flags, kerf_model** out, char* err, size_t err_size) {
-  auto set_err = [&](const std::string& msg) {
-    if (err && err_size > 0) {
-      const size_t n = msg.size() < err_size - 1 ? msg.size() : err_size - 1;
-      std::memcpy(err, msg.data(), n);
-      err[n] = '\0';
-    }
-  };
-  if (!out || !path) {
-    if (out) *out = nullptr;
-    set_err("kerf_model_open: NULL path or output pointer");
-    return KERF_ERR_ARGUMENT;
+/// Copies `msg` into the caller's error buffer (truncated, NUL-terminated; nothing when NULL).
+void copy_err(const std::string& msg, char* err, size_t err_size) {
+  if (err && err_size > 0) {
+    const size_t n = msg.size() < err_size - 1 ? msg.size() : err_size - 1;
+    std::memcpy(err, msg.data(), n);
+    err[n] = '\0';
   }
-  std::string msg;
-  const int rc = kerf::rt::load_model(path, flags, out, &msg);
+}
+
+/// After a successful load: picks the integer kernels (KERF_ISA or the best of this CPU).
+int finish_open(int rc, const std::string& msg, const char* name, kerf_model** out, char* err, size_t err_size) {
   if (rc != KERF_OK) {
-    set_err(msg);
+    copy_err(msg, err, err_size);
     return rc;
   }
   (*out)->qk = kerf::rt::qkernels_best();
   if (!(*out)->qk) {
     const char* isa = std::getenv("KERF_ISA");
-    set_err(std::string(path) + ": KERF_ISA=" + (isa ? isa : "") +
-            " names an instruction set that is unknown or that this build or CPU lacks (known: scalar, avx2, "
-            "avx512vnni, neon, neondot; unset KERF_ISA for the best available)");
+    copy_err(std::string(name) + ": KERF_ISA=" + (isa ? isa : "") +
+                 " names an instruction set that is unknown or that this build or CPU lacks (known: scalar, avx2, "
+                 "avx512vnni, neon, neondot; unset KERF_ISA for the best available)",
+             err, err_size);
     kerf_model_close(*out);
     *out = nullptr;
     return KERF_ERR_UNSUPPORTED;
   }
-  set_err("");
+  copy_err("", err, err_size);
   return KERF_OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+int kerf_model_open(const char* path, uint32_t flags, kerf_model** out, char* err, size_t err_size) {
+  if (!out || !path) {
+    if (out) *out = nullptr;
+    copy_err("kerf_model_open: NULL path or output pointer", err, err_size);
+    return KERF_ERR_ARGUMENT;
+  }
+  std::string msg;
+  const int rc = kerf::rt::load_model(path, flags, out, &msg);
+  return finish_open(rc, msg, path, out, err, err_size);
+}
+
+int kerf_model_open_memory(const void* data, size_t size, uint32_t flags, const char* name, kerf_model** out,
+                           char* err, size_t err_size) {
+  if (!out || !data) {
+    if (out) *out = nullptr;
+    copy_err("kerf_model_open_memory: NULL buffer or output pointer", err, err_size);
+    return KERF_ERR_ARGUMENT;
+  }
+  if (!name) name = "<memory>";
+  std::string msg;
+  const int rc = kerf::rt::load_model_memory(data, size, flags, name, out, &msg);
+  return finish_open(rc, msg, name, out, err, err_size);
 }
 
 const char* kerf_model_isa(const kerf_model* m) { return m && m->qk ? kerf::rt::isa_name(m->qk->isa) : nullptr; }
@@ -59,7 +84,7 @@ int kerf_model_op_info(const kerf_model* m, int index, kerf_op_info* out) {
 
 void kerf_model_close(kerf_model* m) {
   if (!m) return;
-  if (m->map) ::munmap(const_cast<uint8_t*>(m->map), m->map_size);
+  if (m->map && m->owns_map) ::munmap(const_cast<uint8_t*>(m->map), m->map_size);
   delete m;
 }
 

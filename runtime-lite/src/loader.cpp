@@ -324,7 +324,7 @@ int Loader::tensors(uint32_t flags) {
                                          nm, (unsigned long long)e.offset, (unsigned long long)e.size,
                                          (unsigned long long)h.data_size));
     t.data = m->map + h.data_offset + e.offset;
-    if (flags & KERF_OPEN_VERIFY_DATA) {
+    if ((flags & KERF_OPEN_VERIFY_DATA) || !(flags & KERF_OPEN_NO_VERIFY_DATA)) {
       const uint64_t c = xxh64(t.data, t.size);
       if (c != t.hash)
         return fail(KERF_ERR_CORRUPT, strf("checksum mismatch in tensor '%.*s' payload [offset %llu, %llu bytes] (table says "
@@ -571,40 +571,22 @@ int Loader::check_op(OpInfo& op, uint64_t op_off, std::vector<uint8_t>& defined)
 
 }  // namespace
 
-int load_model(const char* path, uint32_t flags, kerf_model** out, std::string* err) {
-  *out = nullptr;
-  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    *err = strf("%s: cannot open: %s", path, std::strerror(errno));
-    return KERF_ERR_IO;
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    *err = strf("%s: not a regular file", path);
-    ::close(fd);
-    return KERF_ERR_IO;
-  }
-  const uint64_t fsize = uint64_t(st.st_size);
-  if (fsize < 8) {
-    ::close(fd);
-    *err = strf("%s: not a .kerf file (%llu bytes)", path, (unsigned long long)fsize);
-    return KERF_ERR_FORMAT;
-  }
-  void* map = ::mmap(nullptr, size_t(fsize), PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map == MAP_FAILED) {
-    *err = strf("%s: mmap failed: %s", path, std::strerror(errno));
-    return KERF_ERR_IO;
-  }
+namespace {
+
+/// Validates the bytes [map, map + fsize) into a new model (which takes over the mapping when
+/// `owns_map`: unmapped by kerf_model_close, also on failure).
+int load_bytes(const uint8_t* map, uint64_t fsize, bool owns_map, const char* path, uint32_t flags, kerf_model** out,
+               std::string* err) {
   kerf_model* m = new (std::nothrow) kerf_model;
   if (!m) {
-    ::munmap(map, size_t(fsize));
+    if (owns_map) ::munmap(const_cast<uint8_t*>(map), size_t(fsize));
     *err = strf("%s: out of memory", path);
     return KERF_ERR_MEMORY;
   }
   m->path = path;
-  m->map = static_cast<const uint8_t*>(map);
+  m->map = map;
   m->map_size = size_t(fsize);
+  m->owns_map = owns_map;
   Loader L{m, path, err, fsize};
   int rc = L.header();
   if (rc == KERF_OK) rc = L.sections();
@@ -643,6 +625,51 @@ int load_model(const char* path, uint32_t flags, kerf_model** out, std::string* 
   }
   *out = m;
   return KERF_OK;
+}
+
+}  // namespace
+
+int load_model(const char* path, uint32_t flags, kerf_model** out, std::string* err) {
+  *out = nullptr;
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *err = strf("%s: cannot open: %s", path, std::strerror(errno));
+    return KERF_ERR_IO;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    *err = strf("%s: not a regular file", path);
+    ::close(fd);
+    return KERF_ERR_IO;
+  }
+  const uint64_t fsize = uint64_t(st.st_size);
+  if (fsize < 8) {
+    ::close(fd);
+    *err = strf("%s: not a .kerf file (%llu bytes)", path, (unsigned long long)fsize);
+    return KERF_ERR_FORMAT;
+  }
+  void* map = ::mmap(nullptr, size_t(fsize), PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) {
+    *err = strf("%s: mmap failed: %s", path, std::strerror(errno));
+    return KERF_ERR_IO;
+  }
+  return load_bytes(static_cast<const uint8_t*>(map), fsize, true, path, flags, out, err);
+}
+
+int load_model_memory(const void* data, size_t size, uint32_t flags, const char* name, kerf_model** out,
+                      std::string* err) {
+  *out = nullptr;
+  if (reinterpret_cast<uintptr_t>(data) % fmt::kTensorAlign != 0) {
+    *err = strf("%s: the buffer at %p is not %llu-byte aligned (tiled weights are read in place)", name, data,
+                (unsigned long long)fmt::kTensorAlign);
+    return KERF_ERR_ARGUMENT;
+  }
+  if (size < 8) {
+    *err = strf("%s: not a .kerf file (%llu bytes)", name, (unsigned long long)size);
+    return KERF_ERR_FORMAT;
+  }
+  return load_bytes(static_cast<const uint8_t*>(data), uint64_t(size), false, name, flags, out, err);
 }
 
 }  // namespace kerf::rt

@@ -83,6 +83,7 @@ struct kerf_model {
   std::string path;
   const uint8_t* map = nullptr;
   size_t map_size = 0;
+  bool owns_map = true;  ///< false for kerf_model_open_memory (the caller's buffer)
   kerf::fmt::FileHeader header{};
   std::vector<kerf::rt::MetaInfo> meta;
   std::vector<kerf::rt::TensorInfo> tensors;
@@ -119,6 +120,9 @@ struct FloatBuf {
 
 /// Loads and validates (loader.cpp). On failure returns a status and a message in *err.
 int load_model(const char* path, uint32_t flags, kerf_model** out, std::string* err);
+/// The same on a caller-owned buffer (64-byte aligned; borrowed until kerf_model_close).
+int load_model_memory(const void* data, size_t size, uint32_t flags, const char* name, kerf_model** out,
+                      std::string* err);
 /// Parses the llama2.c tokenizer bytes (tokenizer.cpp).
 bool parse_tokenizer(const uint8_t* data, uint64_t size, int vocab, Tokenizer* tok, std::string* err);
 

@@ -15,6 +15,11 @@ namespace kerf::rt {
 
 bool parse_tokenizer(const uint8_t* data, uint64_t size, int vocab, Tokenizer* tok, std::string* err) {
   uint64_t at = 0;
+  // Ids 0, 1, 2 are <unk>, <s>, </s> in every llama2.c tokenizer (BOS and EOS default to 1 and 2).
+  if (vocab < 3) {
+    *err = strf("vocabulary of %d tokens: a llama2.c tokenizer has at least 3 (<unk>, <s>, </s>)", vocab);
+    return false;
+  }
   if (size < 4) {
     *err = "too short for max_token_length";
     return false;
@@ -143,8 +148,13 @@ struct kerf_tokenizer {
 extern "C" {
 
 int kerf_tokenizer_load(const uint8_t* data, size_t size, int vocab, kerf_tokenizer** out, char* err, size_t err_size) {
-  if (!data || !out || vocab < 1) return KERF_ERR_ARGUMENT;
-  *out = nullptr;
+  if (out) *out = nullptr;
+  if (!data || !out || vocab < 3) {
+    if (err && err_size)
+      std::snprintf(err, err_size, "tokenizer: %s", !data || !out ? "NULL data or output pointer"
+                                                    : "vocab must be at least 3 (<unk>, <s>, </s>)");
+    return KERF_ERR_ARGUMENT;
+  }
   kerf_tokenizer* t = new (std::nothrow) kerf_tokenizer;
   if (!t) return KERF_ERR_MEMORY;
   std::string e;

@@ -1,6 +1,6 @@
 // kerf-run: generate text with a .kerf artifact.
 //   kerf-run MODEL.kerf --prompt "Once upon a time" -n 100 --seed 1 [--temp 1.0] [--top-p 0.9]
-//            [--ctx N] [-t N] [--kv-f16] [--verify] [--stats]
+//            [--ctx N] [-t N] [--kv-f16] [--no-verify] [--stats]
 // Exit codes: 0 ok, 1 runtime failure, 2 bad arguments, 3 bad/corrupt artifact, 4 unsupported,
 // 5 I/O error.
 #include <chrono>
@@ -27,7 +27,8 @@ const char* kUsage =
     "  --ctx N         context length (default: the model's max_seq_len)\n"
     "  -t N            threads (default 0 = one per online CPU)\n"
     "  --kv-f16        keep the KV cache in f16 (half the memory, logits move by ~1e-3)\n"
-    "  --verify        also verify every tensor's checksum when loading\n"
+    "  --no-verify     skip the tensor payload checksums when loading (bounds, header and\n"
+    "                  section checksums are always checked; payloads are by default)\n"
     "  --stats         print the tensors' precisions, the kernels' instruction set, threads, load\n"
     "                  time and prefill / decode tokens/s to stderr\n"
     "  -h, --help      this help\n"
@@ -71,7 +72,8 @@ int exit_code_for(int status) {
     case KERF_ERR_FORMAT: case KERF_ERR_CORRUPT: return 3;
     case KERF_ERR_UNSUPPORTED: return 4;
     case KERF_ERR_ARGUMENT: return 2;
-    default: return 1;
+    case KERF_ERR_MEMORY: case KERF_ERR_CONTEXT: return 7;  // resource limit (README "Exit codes")
+    default: return 70;
   }
 }
 
@@ -112,7 +114,7 @@ int main(int argc, char** argv) {
   long n_new = 256, ctx = 0, threads = 0;
   unsigned long long seed = 1;
   float temp = 1.0f, top_p = 0.9f;
-  bool verify = false, stats = false, kv_f16 = false;
+  bool no_verify = false, stats = false, kv_f16 = false;
   for (int i = 1; i < argc; ++i) {
     const char* a = argv[i];
     auto value = [&](const char** v) {
@@ -141,8 +143,10 @@ int main(int argc, char** argv) {
       if (!value(&v) || !parse_long(v, 0, 1024, &threads)) return bad_arg("-t needs an integer in [0, 1024]", v);
     } else if (!std::strcmp(a, "--kv-f16")) {
       kv_f16 = true;
+    } else if (!std::strcmp(a, "--no-verify")) {
+      no_verify = true;
     } else if (!std::strcmp(a, "--verify")) {
-      verify = true;
+      // the default since payload hashes are checked on every load; still accepted
     } else if (!std::strcmp(a, "--stats")) {
       stats = true;
     } else if (a[0] == '-' && a[1] != '\0') {
@@ -158,7 +162,7 @@ int main(int argc, char** argv) {
   const double t0 = now_s();
   kerf_model* model = nullptr;
   char err[1024];
-  int rc = kerf_model_open(model_path, verify ? KERF_OPEN_VERIFY_DATA : 0u, &model, err, sizeof err);
+  int rc = kerf_model_open(model_path, no_verify ? KERF_OPEN_NO_VERIFY_DATA : 0u, &model, err, sizeof err);
   if (rc != KERF_OK) {
     std::fprintf(stderr, "kerf-run: %s\n", err);
     return exit_code_for(rc);

@@ -48,7 +48,47 @@ TEST_CASE("a valid artifact opens, with and without data verification", "[loader
   std::string msg;
   CHECK(c.open(good_bytes(), &msg) == KERF_OK);
   CHECK(c.open(good_bytes(), &msg, KERF_OPEN_VERIFY_DATA) == KERF_OK);
+  CHECK(c.open(good_bytes(), &msg, KERF_OPEN_NO_VERIFY_DATA) == KERF_OK);
   CHECK(msg.empty());
+}
+
+TEST_CASE("kerf_model_open_memory: same checks as a file, aligned borrowed buffer", "[loader]") {
+  const std::vector<uint8_t> good = good_bytes();
+  // A 64-byte aligned copy (std::vector's storage is only 16-byte aligned in general).
+  std::vector<uint8_t> store(good.size() + 128);
+  uint8_t* p = store.data() + (64 - reinterpret_cast<uintptr_t>(store.data()) % 64) % 64;
+  std::memcpy(p, good.data(), good.size());
+  kerf_model* m = nullptr;
+  char err[512] = {0};
+  REQUIRE(kerf_model_open_memory(p, good.size(), 0, "asset.kerf", &m, err, sizeof err) == KERF_OK);
+  CHECK(kerf_model_vocab_size(m) == 32);
+  kerf_model_close(m);  // must not unmap the caller's buffer
+  CHECK(std::memcmp(p, good.data(), good.size()) == 0);
+
+  SECTION("misaligned buffer") {
+    CHECK(kerf_model_open_memory(p + 1, good.size() - 1, 0, "asset.kerf", &m, err, sizeof err) == KERF_ERR_ARGUMENT);
+    CHECK(m == nullptr);
+    CHECK_THAT(std::string(err), Catch::Contains("asset.kerf") && Catch::Contains("64-byte aligned"));
+  }
+  SECTION("truncated buffer: named, not read past its end") {
+    CHECK(kerf_model_open_memory(p, good.size() - 4096, 0, nullptr, &m, err, sizeof err) == KERF_ERR_CORRUPT);
+    CHECK(m == nullptr);
+    CHECK_THAT(std::string(err), Catch::Contains("<memory>"));
+  }
+  SECTION("flipped payload byte: rejected by default, accepted with KERF_OPEN_NO_VERIFY_DATA") {
+    const fmt::FileHeader h = header_of(good);
+    const fmt::TensorEntry e = entry(good, 5);
+    p[h.data_offset + e.offset + 1] ^= 0x01;
+    CHECK(kerf_model_open_memory(p, good.size(), 0, "asset.kerf", &m, err, sizeof err) == KERF_ERR_CORRUPT);
+    CHECK_THAT(std::string(err), Catch::Contains("asset.kerf: checksum mismatch in tensor"));
+    REQUIRE(kerf_model_open_memory(p, good.size(), KERF_OPEN_NO_VERIFY_DATA, "asset.kerf", &m, err, sizeof err) ==
+            KERF_OK);
+    kerf_model_close(m);
+  }
+  SECTION("NULL arguments") {
+    CHECK(kerf_model_open_memory(nullptr, 10, 0, nullptr, &m, err, sizeof err) == KERF_ERR_ARGUMENT);
+    CHECK(kerf_model_open_memory(p, good.size(), 0, nullptr, nullptr, err, sizeof err) == KERF_ERR_ARGUMENT);
+  }
 }
 
 TEST_CASE("missing file and non-kerf files", "[loader]") {
@@ -125,11 +165,15 @@ TEST_CASE("flipped bits are caught by the checksums", "[loader]") {
     CHECK(c.open(f, &msg) == KERF_ERR_CORRUPT);
     CHECK_THAT(msg, Catch::Contains("checksum mismatch in sections"));
   }
-  SECTION("tensor data, only with KERF_OPEN_VERIFY_DATA") {
+  SECTION("tensor data: by default and with KERF_OPEN_VERIFY_DATA, not with KERF_OPEN_NO_VERIFY_DATA") {
     std::vector<uint8_t> f = good;
     const fmt::TensorEntry e = entry(f, 5);
     f[h.data_offset + e.offset + 1] ^= 0x01;
-    CHECK(c.open(f, &msg) == KERF_OK);
+    CHECK(c.open(f, &msg, KERF_OPEN_NO_VERIFY_DATA) == KERF_OK);
+    CHECK(c.open(f, &msg, KERF_OPEN_VERIFY_DATA | KERF_OPEN_NO_VERIFY_DATA) == KERF_ERR_CORRUPT);
+    CHECK(c.open(f, &msg) == KERF_ERR_CORRUPT);
+    CHECK_THAT(msg, Catch::Contains("checksum mismatch in tensor 'layers.0.attention.wo.weight'") &&
+                        Catch::Contains("offset " + std::to_string(e.offset)));
     CHECK(c.open(f, &msg, KERF_OPEN_VERIFY_DATA) == KERF_ERR_CORRUPT);
     CHECK_THAT(msg, Catch::Contains("checksum mismatch in tensor 'layers.0.attention.wo.weight'") &&
                         Catch::Contains("offset " + std::to_string(e.offset)));

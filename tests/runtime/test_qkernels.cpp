@@ -5,6 +5,9 @@
 //     and the quantized activations;
 //   - every other ISA the CPU has bit-identical to the scalar reference (quantize_acts and gemm),
 //     for every dtype, odd shapes, group sizes, token counts, tile sub-ranges and ldy > rows.
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <catch2/catch.hpp>
 
 #include <stdlib.h>
@@ -387,7 +390,9 @@ TEST_CASE("qkernels: dispatch, ISA names and the KERF_ISA override", "[qkernels]
 #if defined(__x86_64__)
   REQUIRE(kerf::rt::qkernels(Isa::kNeon) == nullptr);
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;  // F16C: CPUID.1:ECX bit 29 (clang's builtin lacks "f16c")
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
     REQUIRE(kerf::rt::qkernels(Isa::kAvx2) != nullptr);
   if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
     REQUIRE(kerf::rt::qkernels(Isa::kAvx512Vnni) != nullptr);

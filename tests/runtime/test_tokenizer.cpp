@@ -1,6 +1,7 @@
 // llama2.c tokenizer: the EVAL.md reference prompt, byte fallback, decode.
 #include <catch2/catch.hpp>
 
+#include "kerf/tokenizer.h"
 #include "test_util.h"
 
 using namespace kt;
@@ -86,4 +87,28 @@ TEST_CASE("tokenizer argument handling", "[tokenizer]") {
   const std::vector<int32_t> a = t.encode("Lily", 0), b = t.encode("Lily", 1);
   REQUIRE(b.size() == a.size() + 1);
   CHECK(std::vector<int32_t>(b.begin() + 1, b.end()) == a);
+}
+
+TEST_CASE("standalone tokenizer: a vocabulary under 3 tokens is rejected (fuzz regression)", "[tokenizer][fuzz]") {
+  // fuzz/regressions/tokenizer/vocab1-bos-out-of-range: vocab 1 with a valid one-token file used to
+  // load, and add_bos then inserted BOS = 1, one past the pieces table (heap read out of bounds).
+  const uint8_t one_token[] = {1, 0, 0, 0, /*score*/ 0, 0, 0, 0, /*len*/ 1, 0, 0, 0, 'a'};
+  kerf_tokenizer* t = reinterpret_cast<kerf_tokenizer*>(1);
+  char err[128] = {0};
+  for (int vocab : {-1, 0, 1, 2}) {
+    CHECK(kerf_tokenizer_load(one_token, sizeof one_token, vocab, &t, err, sizeof err) == KERF_ERR_ARGUMENT);
+    CHECK(t == nullptr);
+    CHECK_THAT(std::string(err), Catch::Contains("vocab must be at least 3"));
+  }
+  // Three tokens parse, and BOS (1) encodes in range.
+  const uint8_t three[] = {1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 'a', 0, 0, 0, 0, 1, 0, 0, 0, 'b',
+                           0, 0, 0, 0, 1, 0, 0, 0, 'c'};
+  REQUIRE(kerf_tokenizer_load(three, sizeof three, 3, &t, err, sizeof err) == KERF_OK);
+  int32_t ids[16];
+  int n = 0;
+  REQUIRE(kerf_tokenizer_encode(t, "c", 1, ids, 16, &n) == KERF_OK);
+  REQUIRE(n == 2);
+  CHECK(ids[0] == 1);
+  CHECK(ids[1] == 2);
+  kerf_tokenizer_free(t);
 }

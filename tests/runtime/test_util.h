@@ -80,15 +80,7 @@ inline fmt::FileHeader header_of(const std::vector<uint8_t>& f) {
   return h;
 }
 /// Recomputes sections_hash and header_hash after a deliberate edit (so that a later check fires).
-inline void refix_hashes(std::vector<uint8_t>& f) {
-  fmt::FileHeader h = header_of(f);
-  if (h.data_offset <= f.size() && h.header_size <= h.data_offset)
-    h.sections_hash = kerf::xxh64(f.data() + h.header_size, h.data_offset - h.header_size);
-  h.header_hash = 0;
-  std::memcpy(f.data(), &h, sizeof h);
-  h.header_hash = kerf::xxh64(f.data(), h.header_size);
-  std::memcpy(f.data(), &h, sizeof h);
-}
+inline void refix_hashes(std::vector<uint8_t>& f) { fmt::rehash_file(f.data(), f.size()); }
 inline void set_header(std::vector<uint8_t>& f, const fmt::FileHeader& h) {
   std::memcpy(f.data(), &h, sizeof h);
   refix_hashes(f);

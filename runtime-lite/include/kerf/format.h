@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "kerf/xxh64.h"
+
 namespace kerf::fmt {
 
 inline constexpr char kMagic[8] = {'K', 'E', 'R', 'F', 'A', 'R', 'T', '\0'};
@@ -547,6 +549,25 @@ inline float bf16_to_f32(uint16_t h) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
+}
+
+/// Recomputes `sections_hash` and `header_hash` (section 3) of the file bytes [f, f + n) in place
+/// after a deliberate edit, so that the loader's parsers rather than its checksums see the damage
+/// (tests, the artifact fuzzer). A hash whose byte range lies outside [0, n) is left as it is.
+/// Returns false (nothing changed) when n < sizeof(FileHeader).
+inline bool rehash_file(uint8_t* f, size_t n) {
+  FileHeader h;
+  if (n < sizeof h) return false;
+  std::memcpy(&h, f, sizeof h);
+  if (h.header_size <= h.data_offset && h.data_offset <= n)
+    h.sections_hash = xxh64(f + h.header_size, size_t(h.data_offset - h.header_size));
+  if (h.header_size >= sizeof h && h.header_size <= n) {
+    h.header_hash = 0;
+    std::memcpy(f, &h, sizeof h);
+    h.header_hash = xxh64(f, h.header_size);
+  }
+  std::memcpy(f, &h, sizeof h);
+  return true;
 }
 
 /// Well-known metadata keys.

@@ -28,17 +28,28 @@ typedef enum kerf_status {
 typedef struct kerf_model kerf_model;
 typedef struct kerf_session kerf_session;
 
-/* flags for kerf_model_open */
-#define KERF_OPEN_VERIFY_DATA 1u /* also verify every tensor payload's XXH64 (headers always are) */
+/* flags for kerf_model_open / kerf_model_open_memory */
+#define KERF_OPEN_VERIFY_DATA 1u    /* verify every tensor payload's XXH64 (the default; kept for old callers) */
+#define KERF_OPEN_NO_VERIFY_DATA 2u /* fast path: skip the payload hashes (header and section hashes and every
+                                       bounds check still run); ignored when KERF_OPEN_VERIFY_DATA is also set */
 
-/* Maps `path`, checks header, bounds of every section/tensor, header and section hashes (and the
- * tensor hashes with KERF_OPEN_VERIFY_DATA). On failure *out = NULL and `err` (if not NULL) gets a
- * NUL-terminated message naming the file, the section/tensor and the offset.
+/* Maps `path` and checks it (formats/SPEC.md section 8): header, bounds of every section and tensor
+ * (64-bit, overflow-checked), header and section XXH64 hashes, and every tensor payload's XXH64
+ * unless KERF_OPEN_NO_VERIFY_DATA. On failure *out = NULL and `err` (if not NULL) gets a
+ * NUL-terminated message naming the file, the section/tensor and the offset; KERF_ERR_IO (cannot
+ * open / map), KERF_ERR_FORMAT (not a .kerf file, other major version), KERF_ERR_CORRUPT (bounds,
+ * hashes, invalid fields), KERF_ERR_UNSUPPORTED (unknown dtype / op / attribute), KERF_ERR_MEMORY.
  * Also selects the integer kernels of tiled weights (format 1.2): the best instruction set of this
  * CPU, or the one the environment variable KERF_ISA names (scalar, avx2, avx512vnni, neon,
  * neondot); KERF_ERR_UNSUPPORTED, with a message naming KERF_ISA, when it names an unknown ISA or
  * one this build or CPU lacks (never a silent fallback). */
 int kerf_model_open(const char* path, uint32_t flags, kerf_model** out, char* err, size_t err_size);
+/* The same checks on an artifact already in memory (an app asset, an embedded array). The buffer is
+ * borrowed: it must stay valid and unchanged until kerf_model_close. `data` must be 64-byte aligned
+ * (tiled weights are read in place) and `size` is the whole file; `name` (may be NULL: "<memory>")
+ * is the name error messages use. KERF_ERR_ARGUMENT for a NULL or misaligned buffer. */
+int kerf_model_open_memory(const void* data, size_t size, uint32_t flags, const char* name, kerf_model** out,
+                           char* err, size_t err_size);
 void kerf_model_close(kerf_model* m);
 /* The instruction set of the integer kernels that run the model's tiled weights ("scalar", "avx2",
  * "avx512vnni", "neon", "neondot"); NULL for a NULL model. */

@@ -16,7 +16,8 @@ extern "C" {
 typedef struct kerf_tokenizer kerf_tokenizer;
 
 /* Parses a llama2.c tokenizer file's bytes (tok*.bin) holding exactly `vocab` tokens.
- * KERF_ERR_CORRUPT (message in err) for a malformed file, KERF_ERR_ARGUMENT for NULL / vocab < 1. */
+ * KERF_ERR_CORRUPT (message in err) for a malformed file, KERF_ERR_ARGUMENT for NULL / vocab < 3 (ids 0-2
+ * are <unk>, <s>, </s>; BOS = 1 is what add_bos inserts). */
 int kerf_tokenizer_load(const uint8_t* data, size_t size, int vocab, kerf_tokenizer** out, char* err, size_t err_size);
 /* Encodes UTF-8 text (BOS first when add_bos). *n_tokens receives the full count; when it exceeds
  * max_tokens only max_tokens ids are written and KERF_ERR_ARGUMENT is returned. */

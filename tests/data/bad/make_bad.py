@@ -196,6 +196,32 @@ def main():
                [external("w.bin", length="99999999999999999999999")]),
          3, "external data length '99999999999999999999999' is not a number")
 
+    # 12b. External data in a file that is not there (I/O error); the [bad] tests also copy this model
+    #      beside a symlink of that name pointing outside the folder (bad input).
+    save("external_missing.onnx",
+         model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [x_in()], [y_out()],
+               [external("weights.bin", length="64")]),
+         5, "cannot open external data file")
+
+    # 13. Limits (exit 7, resource limit): a rank-9 initializer (kerf's limit is 8) and a graph input
+    #     of rank 9; and If subgraphs nested 70 deep, past the parser's recursion limit (64 messages),
+    #     which is a parse failure (bad input), never a stack overflow.
+    save("rank9.onnx",
+         model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [x_in()], [y_out()],
+               [weight(dims=(1,) * 7 + (4, 4))]),
+         7, "initializer 'W': rank 9 is over kerf's limit of 8")
+    save("rank9_input.onnx",
+         model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [x_in(shape=(1,) * 8 + (4,))], [y_out()],
+               [weight()]),
+         7, "graph input: value 'x': rank 9 is over kerf's limit of 8")
+    deep = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "leaf", [], [y_out()])
+    for depth in range(70):
+        deep = helper.make_graph([helper.make_node("If", ["cond"], ["y"], name="if%d" % depth, then_branch=deep)],
+                                 "level%d" % depth, [], [y_out()])
+    save("deep_nesting.onnx",
+         model(list(deep.node), [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), x_in()], [y_out()]),
+         3, "not a valid ONNX ModelProto (protobuf parse failed)")
+
     for f, (code, needle) in sorted(EXPECTED.items()):
         print("%-28s %d  %s" % (f, code, needle))
 
