@@ -89,7 +89,9 @@ fi
 for f in "${fuzzers[@]}"; do
   t="${f#fuzz_}"
   replay=()
-  [ -d "$here/fuzz/regressions/$t" ] && replay+=("$here/fuzz/regressions/$t"/*)
+  shopt -s nullglob
+  replay+=("$here/fuzz/regressions/$t"/*)
+  shopt -u nullglob
   [ "$t" = onnx ] && replay+=("$here"/tests/data/bad/*.onnx)
   if [ ${#replay[@]} -gt 0 ]; then
     "$fbuild/$f" -rss_limit_mb=2048 -timeout=60 "${replay[@]}" >"$fbuild/$f.replay.log" 2>&1 \
