@@ -28,6 +28,7 @@
 #include "compiler/pipeline/model_io.h"
 #include "distill/reference.h"
 #include "formats/onnx/onnx_import.h"
+#include "formats/torchscript/archive_check.h"
 #include "formats/torchscript/torchscript_import.h"
 #include "kerf/format.h"
 #include "passes/registry.h"
@@ -367,4 +368,42 @@ TEST_CASE("torchscript: detection by content, and bad files", "[torchscript]") {
   CHECK(std::is_sorted(ops.begin(), ops.end()));
   CHECK(std::binary_search(ops.begin(), ops.end(), "aten::linear"));
   CHECK_FALSE(std::binary_search(ops.begin(), ops.end(), "aten::gelu"));
+}
+
+TEST_CASE("torchscript: archive pre-check reads the zip directory and rejects lying pickle lengths",
+          "[torchscript][bad]") {
+  // fuzz_torchscript found that LibTorch 1.13's Unpickler reserves whatever length a BINUNICODE
+  // opcode claims (1.3 GB from a 1 MB file); kerf now checks every length field first.
+  const std::string path = stories("stories260K.torchscript.pt");
+  std::string bytes = kerf::test::read_bytes(path);
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  auto dir = kerf::torchscript::read_zip_directory(p, bytes.size(), path);
+  REQUIRE(dir.ok());
+  const kerf::torchscript::ZipRecord* pkl = nullptr;
+  for (const auto& r : *dir)
+    if (r.name == "stories260K.torchscript/data.pkl") pkl = &r;
+  REQUIRE(pkl != nullptr);
+  CHECK(pkl->method == 0);
+  CHECK(pkl->compressed_size == pkl->uncompressed_size);
+  REQUIRE(kerf::torchscript::check_torchscript_archive(p, bytes.size(), path).ok());
+  // data.pkl starts: PROTO 2, GLOBAL "__torch__\nNoCache\n", BINPUT 0, EMPTY_TUPLE, NEWOBJ,
+  // EMPTY_DICT, MARK, then BINUNICODE 8 "training" at byte 27.
+  const size_t x = size_t(pkl->data_offset) + 27;
+  REQUIRE(bytes[x] == 'X');
+  REQUIRE(bytes.compare(x + 1, 8, std::string("\x08\x00\x00\x00training", 12), 0, 8) == 0);
+  bytes[x + 4] = 0x50;  // claims 0x50000008 bytes
+  kerf::test::TempDir dir_out("ts_lying_pickle");
+  const std::string bad = dir_out.file("lying.pt");
+  kerf::test::write_bytes(bad, bytes);
+  const auto g = kerf::import_torchscript(bad);
+  REQUIRE_FALSE(g.ok());
+  CHECK(g.status().code() == kerf::ErrorCode::kBadInput);
+  CHECK_THAT(g.status().message(), Catch::Contains("record 'stories260K.torchscript/data.pkl': pickle opcode 0x58 at byte 27 "
+                                                   "claims 1342177288 bytes but only"));
+  // Cut short, the archive has no end-of-central-directory record: named before LibTorch sees it.
+  const std::string whole = kerf::test::read_bytes(path);
+  const auto cut = kerf::torchscript::read_zip_directory(reinterpret_cast<const uint8_t*>(whole.data()),
+                                                         whole.size() / 2, path);
+  REQUIRE_FALSE(cut.ok());
+  CHECK_THAT(cut.status().message(), Catch::Contains("no zip end-of-central-directory record"));
 }

@@ -1,5 +1,7 @@
 #include "formats/torchscript/torchscript_import.h"
 
+#include "formats/torchscript/archive_check.h"
+
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
@@ -11,7 +13,12 @@
 #include <torch/csrc/jit/passes/shape_analysis.h>
 #include <torch/script.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -1211,6 +1218,19 @@ Result<ir::Graph> import_torchscript(const std::string& path, const TorchScriptI
     return ResourceLimit(path + ": " + std::to_string(size) + " bytes is over the " + std::to_string(opt.max_file_bytes) +
                     "-byte limit for a TorchScript archive");
   if (!is_torchscript_archive(path)) return BadInput(path + ": not a TorchScript archive (no zip header)");
+  {
+    // The zip directory and the pickles' length fields, checked before LibTorch trusts them
+    // (archive_check.h). Mapped, not read: archives can be gigabytes.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return IoError(path + ": cannot open: " + std::strerror(errno));
+    void* map = ::mmap(nullptr, size_t(size), PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (map == MAP_FAILED) return IoError(path + ": cannot map: " + std::strerror(errno));
+    const Status st = torchscript::check_torchscript_archive(static_cast<const uint8_t*>(map), size_t(size),
+                                                             path + ": not a loadable TorchScript archive");
+    ::munmap(map, size_t(size));
+    KERF_RETURN_IF_ERROR(st);
+  }
   try {
     torch::jit::Module module;
     try {
