@@ -191,6 +191,7 @@ class Reader {
     return s;
   }
   void copy(void* dst, size_t bytes) {  // caller checked need()
+    if (bytes == 0) return;  // an empty tensor's data() may be null: memcpy(nullptr, .., 0) is UB
     std::memcpy(dst, p_ + off_, bytes);
     off_ += bytes;
   }
