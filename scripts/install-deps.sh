@@ -12,6 +12,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libeigen3-dev libcli11-dev catch2 nlohmann-json3-dev libyaml-cpp-dev \
   libbenchmark-dev libssl-dev g++-aarch64-linux-gnu qemu-user-static chromium \
   clang libclang-rt-14-dev \
+  opencl-c-headers ocl-icd-opencl-dev pocl-opencl-icd clinfo \
   python3-jsonschema \
   >/dev/null
 echo "kerf dependencies installed"

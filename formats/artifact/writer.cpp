@@ -187,7 +187,7 @@ std::string ArtifactBuilder::validate() const {
     const std::string label = op_label(op, i);
     const char* kinds = fmt::op_input_kinds(op.op);
     if (!kinds) return label + ": unknown op code " + std::to_string(uint32_t(op.op));
-    if (op.backend != fmt::Backend::kCpu) return label + ": unknown backend " + std::to_string(uint32_t(op.backend));
+    if (uint32_t(op.backend) >= fmt::kBackendCount) return label + ": unknown backend " + std::to_string(uint32_t(op.backend));
     if (op.inputs.size() != std::strlen(kinds))
       return label + ": has " + std::to_string(op.inputs.size()) + " inputs, expected " +
              std::to_string(std::strlen(kinds));

@@ -1,4 +1,4 @@
-// The .kerf v1 artifact writer (formats/SPEC.md; writes format 1.2, fmt::kVersionMinor). C++17 standard library + POSIX file calls only:
+// The .kerf v1 artifact writer (formats/SPEC.md; writes format 1.3, fmt::kVersionMinor). C++17 standard library + POSIX file calls only:
 // no IR, no LibTorch, so runtime tests and the compiler share it. Errors are returned as strings
 // (never thrown out of write()/serialize()).
 //
@@ -95,6 +95,15 @@ class ArtifactBuilder {
   size_t value_count() const { return values_.size(); }
   size_t op_count() const { return ops_.size(); }
   const std::map<std::string, MetaValue>& meta() const { return meta_; }
+  /// The collected program, for target passes (placement sets OpRecord::backend, the NPU lowering
+  /// replaces or adds weight tensors); validate() / serialize() check whatever was changed.
+  std::vector<OpRecord>& ops() { return ops_; }
+  const std::vector<OpRecord>& ops() const { return ops_; }
+  std::vector<TensorRecord>& tensors() { return tensors_; }
+  const std::vector<TensorRecord>& tensors() const { return tensors_; }
+  const std::vector<ValueRecord>& values() const { return values_; }
+  uint32_t input_value() const { return input_value_; }
+  uint32_t output_value() const { return output_value_; }
 
   /// Checks what a writer can check without running the program: metadata keys (non-empty, <= 256
   /// bytes), tensor names (non-empty, unique), dtype/shape/group/flags valid (fmt::qflags_valid) and

@@ -79,7 +79,11 @@ int kerf_model_op_describe(const kerf_model* m, int index, char* buf, size_t siz
     std::snprintf(attrs, sizeof attrs, " heads=%lld kv_heads=%lld head_dim=%lld scale=%g", static_cast<long long>(op.n_heads),
                   static_cast<long long>(op.n_kv_heads), static_cast<long long>(op.head_dim), op.scale);
   s += attrs;
-  s += " [cpu]";
+  // [decode unit] or [prefill unit / decode unit] when they differ
+  s += " [";
+  if (op.unit[1] != op.unit[0]) s += std::string(kerf::fmt::backend_name(op.unit[1])) + " prefill / ";
+  s += kerf::fmt::backend_name(op.unit[0]);
+  s += "]";
   std::snprintf(buf, size, "%s", s.c_str());
   return KERF_OK;
 }

@@ -5,7 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <cstring>
 #include <new>
 
@@ -63,6 +66,12 @@ bool AlignedBuf::reserve(size_t n) {
   return true;
 }
 
+void set_value_observer(kerf_session* s, ValueObserver fn, void* ctx) {
+  if (!s) return;
+  s->observer = fn;
+  s->observer_ctx = ctx;
+}
+
 bool set_reference_kernels(kerf_session* s, bool on) {
   if (!s || (on && s->kv_f16)) return false;
   s->reference = on;
@@ -88,6 +97,15 @@ int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 constexpr int kMaxGroup = 4;
 
 // ---------------------------------------------------------------- plan
+
+/// The unit op runs on in phase ph (0 decode, 1 prefill) in session s.
+fmt::Backend unit_of(const kerf_session* s, const OpInfo& op, int ph) {
+  return s->cpu_only ? fmt::Backend::kCpu : op.unit[ph];
+}
+/// Runs on the CPU in both phases (may take part in the CPU-only plan optimizations).
+bool on_cpu(const kerf_session* s, const OpInfo& op) {
+  return unit_of(s, op, 0) == fmt::Backend::kCpu && unit_of(s, op, 1) == fmt::Backend::kCpu;
+}
 
 MatPlan mat_plan(const TensorInfo& t) {
   MatPlan mp;
@@ -148,7 +166,7 @@ void mark_last_only(kerf_session* s) {
   std::vector<char> need_all(m->values.size(), 0);
   for (size_t i = m->ops.size(); i-- > 0;) {
     const OpInfo& op = m->ops[i];
-    const bool lo = !need_all[op.output];
+    const bool lo = !need_all[op.output] && on_cpu(s, op);  // a device computes every row
     s->plan[i].last_only = lo;
     for (size_t k = 0; k < op.inputs.size(); ++k)
       if (!(op.inputs[k] & fmt::kRefTensorBit) && (!lo || (op.op == OpCode::kAttention && k > 0)))
@@ -162,9 +180,10 @@ void group_linears(kerf_session* s) {
   const kerf_model* m = s->model;
   for (size_t i = 0; i < m->ops.size();) {
     size_t j = i + 1;
-    if (m->ops[i].op == OpCode::kLinear)
+    if (m->ops[i].op == OpCode::kLinear && on_cpu(s, m->ops[i]))
       while (j < m->ops.size() && j - i < size_t(kMaxGroup) && m->ops[j].op == OpCode::kLinear &&
-             m->ops[j].inputs[0] == m->ops[i].inputs[0] && s->plan[j].last_only == s->plan[i].last_only)
+             m->ops[j].inputs[0] == m->ops[i].inputs[0] && s->plan[j].last_only == s->plan[i].last_only &&
+             on_cpu(s, m->ops[j]))
         s->plan[j++].group = 0;
     s->plan[i].group = int(j - i);
     i = j;
@@ -446,37 +465,207 @@ void run_reference(kerf_session* s, const OpInfo& op, const OpPlan& p, int64_t T
       float *h1 = scratch, *h3 = scratch + T * F, *row = scratch + 2 * T * F;
       linear(p.mat[0].w, val(0), T, h1, row);
       linear(p.mat[1].w, val(0), T, h3, row);
+      if (s->observer) {
+        s->observer(s->observer_ctx, size_t(op.index), 0, h1, T, F);
+        s->observer(s->observer_ctx, size_t(op.index), 1, h3, T, F);
+      }
       silu_mul(h1, h3, T * F);
+      if (s->observer) s->observer(s->observer_ctx, size_t(op.index), 2, h1, T, F);
       linear(p.mat[2].w, h1, T, out, row);
       break;
     }
     case OpCode::kAdd: add(val(0), val(1), out, T * out_w); break;
   }
+  if (s->observer) s->observer(s->observer_ctx, size_t(op.index), -1, out, T, out_w);
+}
+
+using Clock = std::chrono::steady_clock;
+uint64_t ns_since(Clock::time_point t0) {
+  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+}
+
+/// Whether an asynchronous unit u would let some CPU op run while an op of u is pending: replays the
+/// executor's residency rule over both phases' placements. A transfer to or from u waits for u's
+/// queue, so only a CPU op whose inputs are already on the CPU while u still computes overlaps.
+bool can_overlap(const kerf_session* s, fmt::Backend u) {
+  const kerf_model* m = s->model;
+  for (int ph = 0; ph < 2; ++ph) {
+    std::vector<uint8_t> where(m->values.size(), 0);
+    bool pending = false;
+    const uint8_t ubit = uint8_t(1u << uint32_t(u));
+    for (const OpInfo& op : m->ops) {
+      const fmt::Backend x = unit_of(s, op, ph);
+      for (uint32_t ref : op.inputs) {
+        if ((ref & fmt::kRefTensorBit) || ref == m->input_value) continue;
+        const uint8_t want = uint8_t(1u << uint32_t(x));
+        if (where[ref] & want) continue;
+        if (!(where[ref] & 1u) && (where[ref] & ubit)) pending = false;  // download from u waits
+        where[ref] |= 1u;
+        if (x == u) pending = false;  // upload to u waits
+        where[ref] |= want;
+      }
+      if (x == fmt::Backend::kCpu && pending) return true;
+      if (x == u) pending = true;
+      where[op.output] = uint8_t(1u << uint32_t(x));
+    }
+  }
+  return false;
+}
+
+/// Makes value v valid on unit u (backend.h residency): a download to the CPU from the unit that
+/// holds it, then an upload when u is a device.
+int make_resident(kerf_session* s, uint32_t v, fmt::Backend u, int64_t T) {
+  const uint8_t bit = uint8_t(1u << uint32_t(u));
+  if (s->where[v] & bit) return KERF_OK;
+  if (!(s->where[v] & 1u)) {
+    uint32_t holder = 1;
+    while (holder < fmt::kBackendCount && !(s->where[v] & (1u << holder))) ++holder;
+    if (holder == fmt::kBackendCount || !s->dev[holder]) {
+      s->last_error = "value " + std::to_string(v) + " '" + std::string(s->model->values[v].name) + "' is read before it is written";
+      return KERF_ERR_ARGUMENT;
+    }
+    std::string why;
+    if (const int rc = s->dev[holder]->download(v, s->vals[v], T, &why); rc != KERF_OK) {
+      s->last_error = std::string(fmt::backend_name(fmt::Backend(holder))) + ": download of value '" +
+                      std::string(s->model->values[v].name) + "': " + why;
+      return rc;
+    }
+    s->where[v] |= 1u;
+  }
+  if (u != fmt::Backend::kCpu) {
+    std::string why;
+    if (const int rc = s->dev[uint32_t(u)]->upload(v, s->vals[v], T, &why); rc != KERF_OK) {
+      s->last_error = std::string(fmt::backend_name(u)) + ": upload of value '" + std::string(s->model->values[v].name) +
+                      "': " + why;
+      return rc;
+    }
+    s->where[v] |= bit;
+  }
+  return KERF_OK;
+}
+
+/// Runs every op of the program on its unit (prefill placement when T > 1), moving values between
+/// units as backend.h describes; the program output ends on the CPU.
+int run_program(kerf_session* s, const Exec& e, int64_t T, int64_t pos0) {
+  const kerf_model* m = s->model;
+  const int ph = T > 1 ? 1 : 0;
+  std::fill(s->where.begin(), s->where.end(), uint8_t(0));
+  for (size_t i = 0; i < m->ops.size(); ++i) {
+    const OpInfo& op = m->ops[i];
+    const fmt::Backend u = unit_of(s, op, ph);
+    for (uint32_t ref : op.inputs)
+      if (!(ref & fmt::kRefTensorBit) && ref != m->input_value)
+        if (const int rc = make_resident(s, ref, u, T); rc != KERF_OK) return rc;
+    if (u == fmt::Backend::kCpu) {
+      const OpPlan& p = s->plan[i];
+      const auto t0 = Clock::now();
+      if (s->reference) run_reference(s, op, p, T, pos0);
+      else e.run(i);
+      s->cpu_stats.run_ns += ns_since(t0);
+      s->cpu_stats.ops += 1;
+      s->where[op.output] = 1u;
+      if (!s->reference)  // a group's other ops ran with its first op
+        for (size_t k = 1; k < size_t(p.group); ++k) s->where[m->ops[i + k].output] = 1u;
+    } else {
+      std::string why;
+      if (const int rc = s->dev[uint32_t(u)]->run(i, T, pos0, &why); rc != KERF_OK) {
+        s->last_error = std::string(fmt::backend_name(u)) + ": op #" + std::to_string(i) + " '" + std::string(op.name) +
+                        "' (" + fmt::op_name(op.op) + "): " + why;
+        return rc;
+      }
+      s->where[op.output] = uint8_t(1u << uint32_t(u));
+    }
+  }
+  return make_resident(s, m->output_value, fmt::Backend::kCpu, T);
 }
 
 }  // namespace
 
 extern "C" {
 
-int kerf_session_create(const kerf_model* m, int n_ctx, kerf_session** out) {
-  if (!out) return KERF_ERR_ARGUMENT;
+int kerf_session_create_ex(const kerf_model* m, int n_ctx, uint32_t flags, kerf_session** out, char* err,
+                           size_t err_size) {
+  std::string msg;
+  auto fail = [&](int rc, std::string what) {
+    if (err && err_size) std::snprintf(err, err_size, "%s", what.c_str());
+    return rc;
+  };
+  if (!out) return fail(KERF_ERR_ARGUMENT, "out is NULL");
   *out = nullptr;
-  if (!m || n_ctx < 0 || n_ctx > m->max_seq_len) return KERF_ERR_ARGUMENT;
+  if (!m) return fail(KERF_ERR_ARGUMENT, "model is NULL");
+  if (n_ctx < 0 || n_ctx > m->max_seq_len)
+    return fail(KERF_ERR_ARGUMENT, "n_ctx " + std::to_string(n_ctx) + " outside [0, " + std::to_string(m->max_seq_len) + "]");
+  if (flags & ~uint32_t(KERF_SESSION_CPU_ONLY)) return fail(KERF_ERR_ARGUMENT, "unknown session flags");
   if (n_ctx == 0) n_ctx = m->max_seq_len;
   kerf_session* s = new (std::nothrow) kerf_session;
-  if (!s) return KERF_ERR_MEMORY;
+  if (!s) return fail(KERF_ERR_MEMORY, "out of memory");
   s->model = m;
   s->n_ctx = n_ctx;
+  s->cpu_only = (flags & KERF_SESSION_CPU_ONLY) != 0;
   int rc = build_plan(s);
   if (rc == KERF_OK && (!alloc_kv(m, n_ctx, false, &s->kcache, &s->vcache) ||
                         !s->per_thread.reserve(s->thread_floats * sizeof(float))))
     rc = KERF_ERR_MEMORY;
+  if (rc != KERF_OK) msg = "out of memory";
+  // Device backends for the units the placement uses (never a silent fallback: a unit that cannot
+  // run its ops fails the session).
+  for (uint32_t u = 1; rc == KERF_OK && !s->cpu_only && u < fmt::kBackendCount; ++u) {
+    if (!(m->units_used & (1u << u))) continue;
+    const char* uname = fmt::backend_name(fmt::Backend(u));
+    std::string why;
+    if (u == uint32_t(fmt::Backend::kGpu)) s->dev[u] = make_gpu_backend(&why);  // asynchronous itself
+    else if (can_overlap(s, fmt::Backend(u)) && !std::getenv("KERF_SYNC_UNITS")) s->dev[u] = make_async(make_npu_backend(&why));
+    else s->dev[u] = make_npu_backend(&why);  // nothing could run meanwhile: a queue would only add latency
+    if (!s->dev[u]) {
+      rc = KERF_ERR_UNSUPPORTED;
+      for (const OpInfo& op : m->ops)
+        if (op.unit[0] == fmt::Backend(u) || op.unit[1] == fmt::Backend(u)) {
+          msg = m->path + ": op #" + std::to_string(op.index) + " '" + std::string(op.name) + "' (" +
+                fmt::op_name(op.op) + ") is placed on the " + uname + ", which this runtime cannot use: " + why;
+          break;
+        }
+      break;
+    }
+    std::vector<uint8_t> mask(m->ops.size(), 0);
+    for (size_t i = 0; i < m->ops.size(); ++i)
+      mask[i] = m->ops[i].unit[0] == fmt::Backend(u) || m->ops[i].unit[1] == fmt::Backend(u);
+    rc = s->dev[u]->prepare(s, mask.data(), &why);
+    if (rc != KERF_OK) msg = m->path + ": " + uname + " (" + s->dev[u]->device_name() + "): " + why;
+  }
   if (rc != KERF_OK) {
     delete s;
-    return rc;
+    return fail(rc, msg);
   }
+  s->where.assign(m->values.size(), 0);
   *out = s;
   return KERF_OK;
+}
+
+int kerf_session_create(const kerf_model* m, int n_ctx, kerf_session** out) {
+  return kerf_session_create_ex(m, n_ctx, 0, out, nullptr, 0);
+}
+
+const char* kerf_session_last_error(const kerf_session* s) { return s ? s->last_error.c_str() : ""; }
+
+const char* kerf_session_unit_device(const kerf_session* s, int unit) {
+  if (!s || unit < 0 || unit >= int(fmt::kBackendCount)) return nullptr;
+  if (unit == 0) return "cpu (runtime-lite)";
+  return s->dev[unit] ? s->dev[unit]->device_name() : nullptr;
+}
+
+int kerf_session_unit_stats(const kerf_session* s, int unit, kerf_unit_stats* out) {
+  if (!s || !out || unit < 0 || unit >= int(fmt::kBackendCount)) return KERF_ERR_ARGUMENT;
+  if (unit != 0 && !s->dev[unit]) return KERF_ERR_ARGUMENT;
+  const kerf::rt::UnitStats& u = unit == 0 ? s->cpu_stats : s->dev[unit]->stats;
+  *out = kerf_unit_stats{u.ops, u.run_ns, u.busy_ns, u.uploads, u.upload_bytes, u.downloads, u.download_bytes, u.transfer_ns};
+  return KERF_OK;
+}
+
+void kerf_session_reset_stats(kerf_session* s) {
+  if (!s) return;
+  s->cpu_stats = kerf::rt::UnitStats{};
+  for (auto& d : s->dev)
+    if (d) d->stats = kerf::rt::UnitStats{};
 }
 
 void kerf_session_free(kerf_session* s) { delete s; }
@@ -540,17 +729,15 @@ int kerf_session_eval(kerf_session* s, const int32_t* tokens, int n, float* logi
   }
   s->tokens.assign(tokens, tokens + n);
   const int64_t pos0 = s->pos;
-  if (s->reference) {
-    for (size_t i = 0; i < m->ops.size(); ++i) run_reference(s, m->ops[i], s->plan[i], int64_t(T), pos0);
-  } else {
+  if (!s->reference)
     for (RopeTable& r : s->rope)
       if (r.filled < pos0 + n) {
         rope_table_fill(r.head_dim, r.theta, r.filled, pos0 + n, r.table.as<float>());
         r.filled = pos0 + n;
       }
-    const Exec e{s, int64_t(T), pos0, !all_logits && T > 1};
-    for (size_t i = 0; i < m->ops.size(); ++i) e.run(i);
-  }
+  const Exec e{s, int64_t(T), pos0, !all_logits && T > 1};
+  s->last_error.clear();
+  if (const int rc = run_program(s, e, int64_t(T), pos0); rc != KERF_OK) return rc;
   s->pos += n;
   if (logits) {
     const size_t V = size_t(m->vocab);

@@ -92,6 +92,7 @@ struct Loader {
   int metadata();
   int tensors(uint32_t flags);
   int program();
+  int placement();
   int check_op(OpInfo& op, uint64_t file_off, std::vector<uint8_t>& defined);
 };
 
@@ -398,9 +399,11 @@ int Loader::program() {
     if (!kinds)
       return fail(KERF_ERR_UNSUPPORTED, strf("op #%u '%.*s' at offset %llu: unknown op code %u", i, nl, op.name.data(),
                                              (unsigned long long)op_off, oe.op));
-    if (oe.backend != uint32_t(fmt::Backend::kCpu))
-      return fail(KERF_ERR_UNSUPPORTED, strf("op #%u '%.*s' (%s) at offset %llu: unsupported backend %u", i, nl,
+    if (oe.backend >= fmt::kBackendCount)
+      return fail(KERF_ERR_UNSUPPORTED, strf("op #%u '%.*s' (%s) at offset %llu: unknown backend %u", i, nl,
                                              op.name.data(), opn, (unsigned long long)op_off, oe.backend));
+    op.unit[0] = fmt::Backend(oe.backend);
+    op.unit[1] = op.unit[0];
     if (oe.n_inputs != std::strlen(kinds) || oe.n_outputs != 1)
       return fail(KERF_ERR_CORRUPT, strf("op #%u '%.*s' (%s) at offset %llu: has %u inputs and %u outputs, expected %zu and 1",
                                          i, nl, op.name.data(), opn, (unsigned long long)op_off, oe.n_inputs, oe.n_outputs,
@@ -459,6 +462,35 @@ int Loader::program() {
   }
   if (at != size) return bad("trailing bytes after the last op");
   if (!defined[ph.output_value]) return bad(strf("output value %u is never written", ph.output_value));
+  return placement();
+}
+
+// placement.prefill (SPEC section 7.3): one Backend byte per op for evaluations of T > 1 tokens; an
+// Attention op keeps its unit (its KV cache lives there).
+int Loader::placement() {
+  const MetaInfo* pm = m->find_meta(fmt::meta::kPlacementPrefill);
+  if (pm) {
+    if (pm->type != fmt::MetaType::kBytes || pm->size != m->ops.size())
+      return fail(KERF_ERR_CORRUPT, strf("metadata '%s': must be %zu bytes (one per op)", fmt::meta::kPlacementPrefill,
+                                         m->ops.size()));
+    for (size_t i = 0; i < m->ops.size(); ++i) {
+      OpInfo& op = m->ops[i];
+      const uint8_t b = uint8_t(pm->data[i]);
+      const int nl = int(op.name.size());
+      if (b >= fmt::kBackendCount)
+        return fail(KERF_ERR_CORRUPT, strf("metadata '%s': op #%zu '%.*s': unknown backend %u", fmt::meta::kPlacementPrefill,
+                                           i, nl, op.name.data(), unsigned(b)));
+      op.unit[1] = fmt::Backend(b);
+      if (op.op == fmt::OpCode::kAttention && op.unit[1] != op.unit[0])
+        return fail(KERF_ERR_CORRUPT, strf("metadata '%s': Attention op #%zu '%.*s' is placed on %s for prefill but %s "
+                                           "for decode (its KV cache must stay on one unit)",
+                                           fmt::meta::kPlacementPrefill, i, nl, op.name.data(),
+                                           fmt::backend_name(op.unit[1]), fmt::backend_name(op.unit[0])));
+    }
+  }
+  for (const OpInfo& op : m->ops)
+    for (int ph = 0; ph < 2; ++ph)
+      if (op.unit[ph] != fmt::Backend::kCpu) m->units_used |= 1u << uint32_t(op.unit[ph]);
   return KERF_OK;
 }
 

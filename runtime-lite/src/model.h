@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backend.h"
 #include "kerf/format.h"
 #include "kerf/kerf.h"
 #include "threadpool.h"
@@ -59,6 +60,9 @@ struct OpInfo {
   double eps = 1e-5, theta = 10000.0, scale = 0.0;
   int64_t head_dim = 0, n_heads = 0, n_kv_heads = 0, interleaved = 1, causal = 1, activation = 1;
   int kv_slot = -1;  ///< Attention: index of its KV cache in the session
+  /// Compute unit: [0] decode (OpEntry.backend, T == 1), [1] prefill (metadata placement.prefill,
+  /// T > 1; = [0] when absent). An Attention op has the same unit in both.
+  fmt::Backend unit[2] = {fmt::Backend::kCpu, fmt::Backend::kCpu};
 };
 
 struct ValueInfo {
@@ -91,6 +95,7 @@ struct kerf_model {
   std::vector<kerf::rt::OpInfo> ops;
   uint32_t input_value = 0, output_value = 0;
   int n_attention = 0;
+  uint32_t units_used = 0;  ///< bit (1 << Backend) for every non-CPU unit some op is placed on
   int vocab = 0, max_seq_len = 0;
   kerf::rt::Tokenizer tok;
   std::string piece_buf;  ///< kerf_token_to_piece's per-model buffer (byte pieces)
@@ -164,6 +169,13 @@ struct RopeTable {
 /// cache.
 bool set_reference_kernels(kerf_session* s, bool on);
 
+/// Calibration hook (the NPU's static activation scales, npu_calibrate): called on the reference path
+/// only, after each op with which = -1 and its output [T, width]; for GatedFFN also before w2 with
+/// which = 0 (h1 = w1 x), 1 (h3 = w3 x) and 2 (silu(h1) * h3), each [T, F].
+using ValueObserver = void (*)(void* ctx, size_t op, int which, const float* data, int64_t T, int64_t width);
+/// Installs (fn != nullptr) or removes the observer of `s`.
+void set_value_observer(kerf_session* s, ValueObserver fn, void* ctx);
+
 }  // namespace kerf::rt
 
 struct kerf_session {
@@ -190,4 +202,12 @@ struct kerf_session {
   kerf::rt::ThreadPool pool;                       ///< kerf_session_set_threads
   bool reference = false;                          ///< kerf::rt::set_reference_kernels
   kerf::rt::FloatBuf scratch;                      ///< reference kernels' temporaries
+  kerf::rt::ValueObserver observer = nullptr;       ///< set_value_observer (reference path only)
+  void* observer_ctx = nullptr;
+  // Heterogeneous execution (backend.h).
+  std::unique_ptr<kerf::rt::DeviceBackend> dev[kerf::fmt::kBackendCount];  ///< [kGpu], [kNpu] when used
+  bool cpu_only = false;                           ///< KERF_SESSION_CPU_ONLY: placement ignored
+  std::vector<uint8_t> where;                      ///< per value: bit u set = valid on unit u (this eval)
+  kerf::rt::UnitStats cpu_stats;                   ///< the CPU's ops and run time
+  std::string last_error;                          ///< message of the last failed kerf_session_eval
 };

@@ -1,6 +1,6 @@
 // kerf-run: generate text with a .kerf artifact.
 //   kerf-run MODEL.kerf --prompt "Once upon a time" -n 100 --seed 1 [--temp 1.0] [--top-p 0.9]
-//            [--ctx N] [-t N] [--kv-f16] [--no-verify] [--stats]
+//            [--ctx N] [-t N] [--kv-f16] [--no-verify] [--cpu-only] [--stats]
 // Exit codes: 0 ok, 1 runtime failure, 2 bad arguments, 3 bad/corrupt artifact, 4 unsupported,
 // 5 I/O error.
 #include <chrono>
@@ -29,8 +29,10 @@ const char* kUsage =
     "  --kv-f16        keep the KV cache in f16 (half the memory, logits move by ~1e-3)\n"
     "  --no-verify     skip the tensor payload checksums when loading (bounds, header and\n"
     "                  section checksums are always checked; payloads are by default)\n"
+    "  --cpu-only      run every op on the CPU, ignoring the artifact's GPU / NPU placement\n"
+    "                  (without it, a unit this runtime cannot use is an error, never a fallback)\n"
     "  --stats         print the tensors' precisions, the kernels' instruction set, threads, load\n"
-    "                  time and prefill / decode tokens/s to stderr\n"
+    "                  time, prefill / decode tokens/s and each compute unit's time to stderr\n"
     "  -h, --help      this help\n"
     "exit codes: 0 ok, 1 runtime failure, 2 bad arguments, 3 bad or corrupt artifact,\n"
     "            4 unsupported artifact, 5 I/O error\n";
@@ -114,7 +116,7 @@ int main(int argc, char** argv) {
   long n_new = 256, ctx = 0, threads = 0;
   unsigned long long seed = 1;
   float temp = 1.0f, top_p = 0.9f;
-  bool no_verify = false, stats = false, kv_f16 = false;
+  bool no_verify = false, stats = false, kv_f16 = false, cpu_only = false;
   for (int i = 1; i < argc; ++i) {
     const char* a = argv[i];
     auto value = [&](const char** v) {
@@ -149,6 +151,8 @@ int main(int argc, char** argv) {
       // the default since payload hashes are checked on every load; still accepted
     } else if (!std::strcmp(a, "--stats")) {
       stats = true;
+    } else if (!std::strcmp(a, "--cpu-only")) {
+      cpu_only = true;
     } else if (a[0] == '-' && a[1] != '\0') {
       return bad_arg("unknown option", a);
     } else if (!model_path) {
@@ -174,11 +178,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   kerf_session* sess = nullptr;
-  rc = kerf_session_create(model, int(ctx), &sess);
+  err[0] = '\0';
+  rc = kerf_session_create_ex(model, int(ctx), cpu_only ? KERF_SESSION_CPU_ONLY : 0u, &sess, err, sizeof err);
   if (rc == KERF_OK) rc = kerf_session_set_threads(sess, int(threads));
   if (rc == KERF_OK && kv_f16) rc = kerf_session_set_kv_type(sess, KERF_KV_F16);
   if (rc != KERF_OK) {
-    std::fprintf(stderr, "kerf-run: cannot create a session: %s\n", kerf_status_string(rc));
+    std::fprintf(stderr, "kerf-run: cannot create a session: %s%s%s\n", kerf_status_string(rc), err[0] ? ": " : "", err);
     kerf_session_free(sess);
     kerf_model_close(model);
     return exit_code_for(rc);
@@ -234,7 +239,7 @@ int main(int argc, char** argv) {
     }
     std::fputc('\n', stdout);
     if (rc != KERF_OK) {
-      std::fprintf(stderr, "kerf-run: evaluation failed: %s\n", kerf_status_string(rc));
+      std::fprintf(stderr, "kerf-run: evaluation failed: %s: %s\n", kerf_status_string(rc), kerf_session_last_error(sess));
       exit_code = exit_code_for(rc);
     }
   }
@@ -247,6 +252,14 @@ int main(int argc, char** argv) {
                  t_prefill > 0 ? n_tok / t_prefill : 0.0);
     std::fprintf(stderr, "decode: %d tokens in %.1f ms (%.1f tokens/s)\n", n_decoded, t_decode * 1e3,
                  t_decode > 0 ? n_decoded / t_decode : 0.0);
+    for (int u = 0; u < 3; ++u) {
+      kerf_unit_stats st;
+      if (kerf_session_unit_stats(sess, u, &st) != KERF_OK) continue;
+      std::fprintf(stderr, "unit %s (%s): %llu op runs, %.1f ms running, %llu uploads / %llu downloads in %.1f ms\n",
+                   u == 0 ? "cpu" : u == 1 ? "gpu" : "npu", kerf_session_unit_device(sess, u), (unsigned long long)st.ops,
+                   double(st.run_ns) / 1e6, (unsigned long long)st.uploads, (unsigned long long)st.downloads,
+                   double(st.transfer_ns) / 1e6);
+    }
   }
   kerf_sampler_free(sampler);
   kerf_session_free(sess);

@@ -18,7 +18,7 @@ namespace kerf::fmt {
 
 inline constexpr char kMagic[8] = {'K', 'E', 'R', 'F', 'A', 'R', 'T', '\0'};
 inline constexpr uint16_t kVersionMajor = 1;  ///< bumped only for breaking changes
-inline constexpr uint16_t kVersionMinor = 2;  ///< 1.1: generic quantized dtypes (kQSym .. kBinary); 1.2: tiled layout
+inline constexpr uint16_t kVersionMinor = 3;  ///< 1.1: generic quantized dtypes (kQSym .. kBinary); 1.2: tiled layout; 1.3: GPU / NPU placement
 inline constexpr uint64_t kDataAlign = 4096;  ///< data section start alignment (page, for mmap)
 inline constexpr uint64_t kTensorAlign = 64;  ///< each tensor payload's alignment within data
 inline constexpr uint32_t kMaxRank = 4;
@@ -370,7 +370,19 @@ enum class OpCode : uint32_t {
   kGatedFFN = 6,   ///< in: x value, w1, w3, w2 tensors                attrs: activation (1 = silu)
   kAdd = 7,        ///< in: a, b values
 };
-enum class Backend : uint32_t { kCpu = 0 };
+/// Compute unit of an op (OpEntry.backend: its decode placement; format 1.3 adds kGpu and kNpu and the
+/// metadata key placement.prefill for evaluations of more than one token). runtime-lite/src/backend.h
+/// describes how the executor moves values between units.
+enum class Backend : uint32_t { kCpu = 0, kGpu = 1, kNpu = 2 };
+inline constexpr uint32_t kBackendCount = 3;
+inline const char* backend_name(Backend b) {
+  switch (b) {
+    case Backend::kCpu: return "cpu";
+    case Backend::kGpu: return "gpu";
+    case Backend::kNpu: return "npu";
+  }
+  return nullptr;
+}
 struct OpEntry {
   uint32_t op;        ///< OpCode
   uint32_t backend;   ///< Backend
@@ -586,6 +598,16 @@ inline constexpr const char* kProducerVersion = "producer.version"; // string
 inline constexpr const char* kRecipe = "compile.recipe";            // string
 inline constexpr const char* kTarget = "compile.target";            // string
 inline constexpr const char* kBpw = "quant.bpw";                    // float
+// Placement (format 1.3, formats/SPEC.md section 7.3)
+inline constexpr const char* kPlacementPrefill = "placement.prefill";  // bytes: uint8 Backend per op (T > 1)
+inline constexpr const char* kTargetProfile = "target.profile";        // string: the device profile (YAML text)
+// Integer-only NPU path (docs/npu-arithmetic.md)
+inline constexpr const char* kNpuActScales = "npu.act_scales";  // bytes: per value {f32 scale, u32 bits}
+inline constexpr const char* kNpuOpScales = "npu.op_scales";    // bytes: per op f32[4] internal static scales
 }  // namespace meta
+
+/// Keys one NPU Attention may attend over: its int32 probability-weighted sums bound the context
+/// (docs/npu-arithmetic.md); a longer context cannot be placed on the npu.
+inline constexpr int64_t kNpuMaxKeys = 8191;
 
 }  // namespace kerf::fmt

@@ -68,7 +68,43 @@ int kerf_model_meta_string(const kerf_model* m, const char* key, const char** da
  * (n_ctx x n_kv_heads x head_dim float32, twice per Attention op; see kerf_session_set_kv_type)
  * cannot be allocated. A new session runs on the calling thread (kerf_session_set_threads). */
 int kerf_session_create(const kerf_model* m, int n_ctx, kerf_session** out);
+/* flags for kerf_session_create_ex */
+#define KERF_SESSION_CPU_ONLY 1u /* run every op on the CPU, whatever the artifact's placement (an explicit
+                                    override, e.g. to compare a GPU/NPU placement with the CPU) */
+/* kerf_session_create with flags and a message. Ops placed on the GPU or NPU (format 1.3: OpEntry
+ * backend, metadata placement.prefill) get that unit's backend: OpenCL (device chosen by the
+ * environment variable KERF_OPENCL_DEVICE, "P:D" indices or a name substring; default the first GPU,
+ * else the first device) and the integer-only NPU reference (docs/npu-arithmetic.md). When a unit is
+ * unavailable (runtime built without OpenCL, no device) or cannot run one of its ops (e.g. a weight
+ * dtype it lacks), KERF_ERR_UNSUPPORTED with `err` naming the op and the reason: never a silent
+ * fallback to the CPU. Units run asynchronously where that can help: OpenCL enqueues without
+ * waiting, and the NPU reference gets its own thread when some CPU op of the placement could run
+ * while an NPU op is pending (the environment variable KERF_SYNC_UNITS turns that off); a value
+ * moving between units waits for its producer, and results do not depend on the overlap. */
+int kerf_session_create_ex(const kerf_model* m, int n_ctx, uint32_t flags, kerf_session** out, char* err,
+                           size_t err_size);
 void kerf_session_free(kerf_session* s);
+/* Message of the last failed kerf_session_eval ("" when none); owned by the session. */
+const char* kerf_session_last_error(const kerf_session* s);
+
+/* Compute units (kerf::fmt::Backend): 0 cpu, 1 gpu, 2 npu. */
+#define KERF_UNIT_CPU 0
+#define KERF_UNIT_GPU 1
+#define KERF_UNIT_NPU 2
+/* Per-unit counters since the session was created or kerf_session_reset_stats. Times in ns. */
+typedef struct kerf_unit_stats {
+  uint64_t ops;            /* op runs on the unit */
+  uint64_t run_ns;         /* host wall time running them (an asynchronous unit: enqueue + waits) */
+  uint64_t busy_ns;        /* device-measured busy time (0 when the unit cannot say; the CPU: 0) */
+  uint64_t uploads, upload_bytes;      /* host -> unit transfers (NPU: quantization to its codes) */
+  uint64_t downloads, download_bytes;  /* unit -> host transfers (NPU: dequantization) */
+  uint64_t transfer_ns;    /* host wall time in transfers */
+} kerf_unit_stats;
+/* KERF_ERR_ARGUMENT for NULL, an unknown unit, or a unit the session does not use. */
+int kerf_session_unit_stats(const kerf_session* s, int unit, kerf_unit_stats* out);
+/* The device behind a unit the session uses ("cpu (runtime-lite)", the OpenCL device, ...); NULL otherwise. */
+const char* kerf_session_unit_device(const kerf_session* s, int unit);
+void kerf_session_reset_stats(kerf_session* s);
 /* Threads that evaluate the session: n >= 1, or 0 = the number of online CPUs (default: 1). The
  * session's n - 1 worker threads persist until the next call or kerf_session_free; between
  * evaluations they spin briefly (~0.2 ms), then sleep. Work is split by output rows / row tiles
@@ -151,7 +187,8 @@ typedef struct kerf_tensor_info {
 int kerf_model_tensor_count(const kerf_model* m);
 int kerf_model_tensor_info(const kerf_model* m, int index, kerf_tensor_info* out);
 int kerf_model_op_count(const kerf_model* m);
-/* One line: "layers.0.q = Linear(layers.0.attn_norm, @model.layers.0.wq.weight) [cpu]". */
+/* One line: "layers.0.q = Linear(layers.0.attn_norm, @model.layers.0.wq.weight) [cpu]"; the unit is
+ * the decode placement, "[npu prefill / cpu]" when the prefill placement differs. */
 int kerf_model_op_describe(const kerf_model* m, int index, char* buf, size_t size);
 /* An op of the program and the tensors it reads (e.g. for counting the weight bytes a token reads). */
 typedef struct kerf_op_info {
