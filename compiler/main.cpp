@@ -24,6 +24,7 @@
 #include "compiler/pipeline/json_io.h"
 #include "compiler/pipeline/progress.h"
 #include "compiler/pipeline/verify.h"
+#include "compiler/targets/profile.h"
 #include "quant/qspec.h"
 #include "passes/registry.h"
 
@@ -106,10 +107,17 @@ static int kerf_main(int argc, char** argv) {
   compile->add_option("model", copt.model_path, "FP16/FP32 ONNX model")->required();
   compile->add_option("-o,--output", copt.output_path, "artifact to write (atomically)")->required();
   compile->add_option("--target", copt.target,
-                      "device profile: host, x86-64-avx2, x86-64-avx512, arm64-neon-dotprod (weights in the tiled "
-                      "layout, 4 rows per tile, for runtime-lite's integer kernels) or generic (plain layout, "
-                      "portable scalar path)")
+                      "device profile(s): a name from `kerf targets` (host, generic, x86-64-avx2, x86-64-avx512, "
+                      "arm64-neon-dotprod, snapdragon-8-gen3, dimensity-9300) or a PROFILE.yaml; a,b,c writes one "
+                      "artifact per device into the folder -o names, sharing calibration and distillation")
       ->capture_default_str();
+  std::vector<std::string> place_pins;
+  compile->add_option("--place", place_pins,
+                      "pin ops to a unit: PATTERN=UNIT (fnmatch on op names, e.g. 'layers.*.ffn=npu'); with --strict an "
+                      "op the unit cannot run is an error");
+  compile->add_flag("--export-qdq", copt.export_qdq,
+                    "also write each npu target's npu partition as a QDQ ONNX model (NAME.qdq.onnx, opset 21) for "
+                    "vendor NPU toolchains (docs/qdq-export.md)");
   compile->add_option("--tokenizer", copt.tokenizer_path,
                       "llama2.c tokenizer file (default: the only tokenizer.bin / tok*.bin beside the model)");
   compile->add_option("--group-size", copt.quant.group_size, "quantization group size along the input dim")
@@ -166,6 +174,7 @@ static int kerf_main(int argc, char** argv) {
   eval->add_option("--json", json_path, "write the JSON report here");
   eval->add_option("--markdown", md_path, "write the Markdown report here");
   eval->add_option("--threads", eopt.threads, "LibTorch threads for the reference (0 = all cores)")->capture_default_str();
+  eval->add_flag("--cpu-only", eopt.cpu_only, "run the artifact's every op on the CPU (ignore its GPU / NPU placement) to isolate a unit's arithmetic cost");
   add_progress_flags(eval, pflags);
 
   // verify: the EVAL.md metrics against thresholds and a baseline report (exit 6 when a check fails)
@@ -206,6 +215,12 @@ static int kerf_main(int argc, char** argv) {
 
   auto* passes = app.add_subcommand("passes", "list the graph passes in pipeline order");
 
+  // targets: the device profiles (compiler/targets/*.yaml)
+  std::string target_show, target_check;
+  auto* targets_cmd = app.add_subcommand("targets", "list the device profiles --target takes, or show / check one");
+  targets_cmd->add_option("--show", target_show, "print a profile's YAML (a built-in name)");
+  targets_cmd->add_option("--check", target_check, "validate a profile file (exit 3 with the problem when it is invalid)");
+
   // bench
   kerf::pipeline::BenchOptions bopt;
   std::string bench_json;
@@ -216,6 +231,7 @@ static int kerf_main(int argc, char** argv) {
   bench->add_option("-n,--gen-tokens", bopt.gen_tokens, "decode test: G single-token evaluations (0 = skip)")->capture_default_str();
   bench->add_option("-r,--repeat", bopt.repeat, "timed repetitions of each test, after one warm-up")->capture_default_str();
   bench->add_flag("--kv-f16", bopt.kv_f16, "f16 KV cache");
+  bench->add_flag("--cpu-only", bopt.cpu_only, "run every op on the CPU, ignoring the artifact's GPU / NPU placement (for comparison)");
   bench->add_option("--bandwidth-mib", bopt.bandwidth_mib, "buffer of the read-bandwidth measurement (0 = skip)")->capture_default_str();
   bench->add_option("--json", bench_json, "write the JSON report here (keys: compiler/pipeline/bench.h)");
 
@@ -272,6 +288,12 @@ static int kerf_main(int argc, char** argv) {
       if (!q.ok()) return fail(kerf::InvalidArgument("--embedding: '" + embedding + "' is neither q8_sym | q4_asym | f16 | f32 nor " + q.status().message()));
       copt.embedding_spec = embedding;
     }
+    for (const std::string& pin : place_pins) {
+      const size_t eq = pin.rfind('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == pin.size())
+        return fail(kerf::InvalidArgument("--place '" + pin + "': expected PATTERN=UNIT (unit cpu, gpu or npu)"));
+      copt.place_pins.emplace_back(pin.substr(0, eq), pin.substr(eq + 1));
+    }
     auto r = kerf::pipeline::compile(copt);
     if (!r.ok()) return fail(r.status());
     if (r->distributed_rank > 0) {
@@ -287,6 +309,22 @@ static int kerf_main(int argc, char** argv) {
         std::cout << kerf::progress::timing_table(rows, r->total_seconds);
       }
     }
+    return 0;
+  }
+  if (*targets_cmd) {
+    if (!target_check.empty()) {
+      auto p = kerf::targets::load_profile(target_check);
+      if (!p.ok()) return fail(p.status());
+      std::cout << target_check << ": valid profile '" << p->name << "'\n";
+      return 0;
+    }
+    if (!target_show.empty()) {
+      auto p = kerf::targets::load_profile(target_show);
+      if (!p.ok()) return fail(p.status());
+      std::cout << p->yaml;
+      return 0;
+    }
+    std::cout << kerf::pipeline::targets_table();
     return 0;
   }
   if (*distill) {

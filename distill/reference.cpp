@@ -525,6 +525,55 @@ void op_range(RunCtx&, const Step&, const Tensors& in, Tensors& out) {
   }
 }
 
+// QuantizeLinear / DequantizeLinear (opsets 13-21): per tensor (scalar scale) or per axis (a 1-D
+// scale along `axis`); blocked quantization (block_size > 0) and float8 are not supported. Integer
+// values are int64 here, so a QuantizeLinear's saturation range is the ONNX type in its output_dtype
+// attribute, which create() sets from the zero point's initializer when the node has none.
+bool onnx_quant_range(int64_t type, int64_t* lo, int64_t* hi) {
+  switch (type) {
+    case 2: *lo = 0, *hi = 255; return true;          // UINT8
+    case 3: *lo = -128, *hi = 127; return true;       // INT8
+    case 4: *lo = 0, *hi = 65535; return true;        // UINT16
+    case 5: *lo = -32768, *hi = 32767; return true;   // INT16
+    case 21: *lo = 0, *hi = 15; return true;          // UINT4
+    case 22: *lo = -8, *hi = 7; return true;          // INT4
+    default: return false;
+  }
+}
+at::Tensor quant_param(const at::Tensor& p, const at::Tensor& x, const Step& s, const char* what) {
+  if (attr_int(s.node, "block_size", 0) != 0) fail("blocked quantization (block_size > 0) is not supported", ErrorCode::kUnsupported);
+  if (p.dim() == 0) return p;
+  if (p.dim() != 1) fail(std::string(what) + " must be a scalar or 1-D");
+  const int64_t axis = norm_axis(attr_int(s.node, "axis", 1), x.dim());
+  if (p.size(0) != x.size(axis))
+    fail(std::string(what) + " has " + std::to_string(p.size(0)) + " values, axis " + std::to_string(axis) + " has " +
+         std::to_string(x.size(axis)));
+  std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
+  shape[static_cast<size_t>(axis)] = p.size(0);
+  return p.reshape(shape);
+}
+
+// y = saturate(round_half_to_even(x / y_scale) + y_zero_point); NaN -> 0.
+void op_quantize_linear(RunCtx&, const Step& s, const Tensors& in, Tensors& out) {
+  const at::Tensor& x = in_at(in, 0, "x");
+  if (!at::isFloatingType(x.scalar_type())) fail("x must be a float tensor");
+  int64_t lo = 0, hi = 0;
+  if (!onnx_quant_range(attr_int(s.node, "output_dtype", 2), &lo, &hi))
+    fail("output type " + std::to_string(attr_int(s.node, "output_dtype", 2)) + " is not supported", ErrorCode::kUnsupported);
+  at::Tensor q = at::round(at::div(x.to(at::kFloat), quant_param(in_at(in, 1, "y_scale"), x, s, "y_scale").to(at::kFloat)));
+  if (const at::Tensor* zp = opt_in(in, 2)) q = q + quant_param(*zp, x, s, "y_zero_point").to(at::kFloat);
+  out[0] = at::nan_to_num(q, 0.0, static_cast<double>(hi), static_cast<double>(lo)).clamp(lo, hi).to(at::kLong);
+}
+
+// y = (x - x_zero_point) * x_scale, float32.
+void op_dequantize_linear(RunCtx&, const Step& s, const Tensors& in, Tensors& out) {
+  const at::Tensor& x = in_at(in, 0, "x");
+  if (!is_int(x)) fail("x must be an integer tensor", ErrorCode::kUnsupported);
+  at::Tensor d = x.to(at::kLong);
+  if (const at::Tensor* zp = opt_in(in, 2)) d = d - quant_param(*zp, x, s, "x_zero_point").to(at::kLong);
+  out[0] = d.to(at::kFloat) * quant_param(in_at(in, 1, "x_scale"), x, s, "x_scale").to(at::kFloat);
+}
+
 // ------------------------------------------------------------------------------ kerf ops
 
 void op_embedding(RunCtx&, const Step&, const Tensors& in, Tensors& out) {
@@ -693,6 +742,7 @@ const std::unordered_map<std::string, OpFn>& onnx_ops() {
       {"Expand", op_expand},         {"Softmax", op_softmax},
       {"Slice", op_slice},           {"Trilu", op_trilu},
       {"Range", op_range},
+      {"QuantizeLinear", op_quantize_linear}, {"DequantizeLinear", op_dequantize_linear},
   };
   return m;
 }
@@ -859,6 +909,24 @@ Result<ReferenceExecutor> ReferenceExecutor::create(const ir::Graph& graph, cons
           m.caches.emplace_back();
         }
         if (n.domain == "kerf" && n.op == "Rotary") require_int(n, "head_dim");
+        if (onnx_domain && n.op == "QuantizeLinear") {
+          // The output type (integers are int64 here): output_dtype, else the zero point's type, else uint8.
+          if (!has_attr(n, "output_dtype")) {
+            int64_t t = 2;
+            if (n.inputs.size() >= 3 && !n.inputs[2].empty()) {
+              auto zi = graph.initializers.find(n.inputs[2]);
+              if (zi == graph.initializers.end() || (zi->second.dtype != DType::kI8 && zi->second.dtype != DType::kU8))
+                return Unsupported(label + ": the zero point '" + n.inputs[2] +
+                                   "' must be an int8 / uint8 initializer (its type is the output type), or give output_dtype");
+              t = zi->second.dtype == DType::kI8 ? 3 : 2;
+            }
+            st.node.attrs["output_dtype"] = ir::AttrValue(t);
+          }
+          int64_t lo, hi;
+          if (!onnx_quant_range(attr_int(st.node, "output_dtype", 2), &lo, &hi))
+            return Unsupported(label + ": output type " + std::to_string(attr_int(st.node, "output_dtype", 2)) +
+                               " is not supported (uint8, int8, uint16, int16, uint4, int4)");
+        }
       } catch (const OpError& e) {
         return Status(e.code, label + ": " + e.what());
       }

@@ -8,10 +8,12 @@
 //   * every integer value (i64/i32/i8/u8) is int64; bool stays bool.
 // It runs both graph forms of compiler/ir/ir.h:
 //   * imported graphs: the ONNX default-domain ops the PyTorch exporter emits for a Llama
-//     (opsets 13-17 semantics; a few older/newer forms too): Constant, Shape, Gather, Unsqueeze,
+//     (opsets 13-21 semantics; a few older forms too): Constant, Shape, Gather, Unsqueeze,
 //     Squeeze, Concat, Cast, Equal, Where, ConstantOfShape, Mul, Add, Sub, Div, Pow, Sqrt,
 //     Reciprocal, ReduceMean, MatMul, Reshape, Transpose, Expand, Softmax, Sigmoid, Slice, Trilu,
-//     Range, Neg, Identity (and the trivial Exp, Log, Tanh, Relu, Abs, Erf, Sin, Cos);
+//     Range, Neg, Identity (and the trivial Exp, Log, Tanh, Relu, Abs, Erf, Sin, Cos), and
+//     QuantizeLinear / DequantizeLinear (per tensor or per axis, up to opset 21: the QDQ export of
+//     formats/onnx/qdq_export.h; integer codes are int64 like every integer value);
 //   * lifted graphs: the "kerf" domain ops (Embedding, RMSNorm, Linear, Rotary, Attention,
 //     GatedFFN) exactly as ir.h's top comment defines them, plus the default-domain Add.
 //     Each Attention node owns an implicit KV cache [B, G, P, Dh]; Rotary applies positions

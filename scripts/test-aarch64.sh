@@ -5,9 +5,10 @@
 #   1. the runtime test suite (kerf_runtime_tests) once per instruction set, KERF_ISA=neondot, scalar,
 #      neon: every ISA must exist in the build and pass (an ISA the build lacks fails); the
 #      ISA-independent [qkernels] cases (every ISA against the scalar reference) run only once;
-#   2. end to end: stories260K compiled by the x86 `kerf` for --target arm64-neon-dotprod, then
-#      greedy generation (--temp 0) of a fixed prompt by the aarch64 kerf-run (each ISA) and by the
-#      x86 kerf-run on the same artifact: the texts must be identical.
+#   2. end to end: stories260K compiled by the x86 `kerf` for --target arm64-neon-dotprod,snapdragon-8-gen3
+#      (two packages, one run), then greedy generation (--temp 0) of a fixed prompt by the aarch64
+#      kerf-run (each ISA) and by the x86 kerf-run on the same artifact: the texts must be identical;
+#      the snapdragon package (its ops on the integer-only NPU path) likewise on x86 and aarch64.
 # Usage: scripts/test-aarch64.sh
 #   KERF_HOST_BUILD     x86 build with `kerf` and `kerf-run` (default: build)
 #   KERF_AARCH64_BUILD  the cross build directory (default: build-aarch64)
@@ -49,7 +50,7 @@ t_build=$SECONDS
 first=1
 for isa in neondot scalar neon; do
   filter=()
-  [ $first = 1 ] || filter=("~[qkernels]")
+  [ $first = 1 ] || filter=("~[qkernels]~[npu]")  # ISA-independent, ~29 s each under qemu: once
   echo "== kerf_runtime_tests ${filter[*]:-(all)}, KERF_ISA=$isa (qemu-aarch64 -cpu max)"
   t0=$SECONDS
   KERF_ISA=$isa "${qemu[@]}" "$xbuild/kerf_runtime_tests" "${filter[@]}" \
@@ -61,13 +62,16 @@ done
 # 2. End to end: the same artifact, the same greedy text on x86 and on aarch64 (every ISA).
 work="$(mktemp -d "${TMPDIR:-/tmp}/kerf-aarch64.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-art="$work/stories260K.arm64.kerf"
+art="$work/pk/arm64-neon-dotprod.kerf"
+soc="$work/pk/snapdragon-8-gen3.kerf"
 prompt="Once upon a time, there was a little girl named Lily."
 ntok=48
-echo "== e2e: kerf compile stories260K --target arm64-neon-dotprod (int4-rtn.yaml)"
+calib="${KERF_SHARED_DIR:-$here/../shared}/text/tinystories_valid_800.txt"
+echo "== e2e: kerf compile stories260K --target arm64-neon-dotprod,snapdragon-8-gen3 (int4-rtn.yaml; one run, two packages)"
 OMP_WAIT_POLICY=passive "$host_build/kerf" compile "$here/examples/stories260K/stories260K.fp16.onnx" \
-  --target arm64-neon-dotprod -o "$art" --recipe "$here/examples/recipes/int4-rtn.yaml" -q >"$work/compile.log" 2>&1 \
-  || { cat "$work/compile.log" >&2; fail "kerf compile --target arm64-neon-dotprod"; }
+  --target arm64-neon-dotprod,snapdragon-8-gen3 -o "$work/pk" --recipe "$here/examples/recipes/int4-rtn.yaml" \
+  --calib "$calib" -q >"$work/compile.log" 2>&1 \
+  || { cat "$work/compile.log" >&2; fail "kerf compile --target arm64-neon-dotprod,snapdragon-8-gen3"; }
 gen_args=("$art" --prompt "$prompt" -n "$ntok" --temp 0 --seed 1)
 "$host_build/kerf-run" "${gen_args[@]}" >"$work/x86.txt" || fail "x86 kerf-run"
 [ -s "$work/x86.txt" ] || fail "x86 kerf-run printed nothing"
@@ -83,4 +87,17 @@ for isa in "${isas[@]}"; do
   fi
   echo "   aarch64 KERF_ISA=$isa: identical ($ntok tokens, greedy)"
 done
+# The SoC package runs its prefill and decode on the integer-only NPU path (bit-exact by
+# construction, docs/npu-arithmetic.md): the same text on x86-64 and on aarch64.
+soc_args=("$soc" --prompt "$prompt" -n "$ntok" --temp 0 --seed 1)
+"$host_build/kerf-run" "${soc_args[@]}" --stats >"$work/soc.x86.txt" 2>"$work/soc.x86.err" \
+  || { cat "$work/soc.x86.err" >&2; fail "x86 kerf-run of the snapdragon-8-gen3 package"; }
+grep -q "^unit npu" "$work/soc.x86.err" || { cat "$work/soc.x86.err" >&2; fail "the snapdragon-8-gen3 package ran no op on the npu"; }
+KERF_ISA=neondot "${qemu[@]}" "$xbuild/kerf-run" "${soc_args[@]}" >"$work/soc.arm.txt" 2>"$work/soc.arm.err" \
+  || { cat "$work/soc.arm.err" >&2; fail "aarch64 kerf-run of the snapdragon-8-gen3 package"; }
+if ! cmp -s "$work/soc.x86.txt" "$work/soc.arm.txt"; then
+  diff "$work/soc.x86.txt" "$work/soc.arm.txt" >&2 || true
+  fail "the snapdragon-8-gen3 (npu) package generated other text on aarch64 than on x86-64"
+fi
+echo "   snapdragon-8-gen3 package (npu path): x86-64 and aarch64 identical ($ntok tokens, greedy)"
 echo "test-aarch64: all passed (build $((t_build - t_start)) s, tests + e2e $((SECONDS - t_build)) s)"

@@ -55,7 +55,7 @@ BenchStat stat_of(std::vector<double> v) {
   return s;
 }
 
-Status eval_status(int rc, const char* what) {
+Status eval_status(int rc, const std::string& what) {
   return Internal(std::string("runtime-lite failed during ") + what + ": " + kerf_status_string(rc));
 }
 
@@ -152,8 +152,12 @@ Result<BenchReport> run_bench(const BenchOptions& opt) {
   rep.bytes_per_decoded_token = decode_weight_bytes(raw);
 
   kerf_session* sraw = nullptr;
-  rc = kerf_session_create(raw, std::max(opt.prompt_tokens, opt.gen_tokens), &sraw);
-  if (rc != KERF_OK) return eval_status(rc, "session creation");
+  char serr[1024] = {0};
+  rc = kerf_session_create_ex(raw, std::max(opt.prompt_tokens, opt.gen_tokens), opt.cpu_only ? KERF_SESSION_CPU_ONLY : 0,
+                              &sraw, serr, sizeof serr);
+  if (rc != KERF_OK)
+    return rc == KERF_ERR_UNSUPPORTED ? Unsupported(std::string("session creation: ") + serr)
+                                      : eval_status(rc, std::string("session creation: ") + serr);
   std::unique_ptr<kerf_session, SessionFree> sess(sraw);
   if ((rc = kerf_session_set_threads(sraw, opt.threads)) != KERF_OK) return eval_status(rc, "thread start");
   if (opt.kv_f16 && (rc = kerf_session_set_kv_type(sraw, KERF_KV_F16)) != KERF_OK)
@@ -164,26 +168,62 @@ Result<BenchReport> run_bench(const BenchOptions& opt) {
   auto token = [&] { return int32_t(rng() % uint64_t(vocab)); };
   std::vector<float> logits(static_cast<size_t>(vocab));
   std::vector<double> pp, tg;
+  // Per-unit time of the timed repetitions of one test, divided by their number.
+  std::vector<kerf_unit_stats> acc[2];
+  for (auto& a : acc) a.assign(3, kerf_unit_stats{});
+  auto take_stats = [&](int test) {
+    for (int u = 0; u < 3; ++u) {
+      kerf_unit_stats st{};
+      if (kerf_session_unit_stats(sraw, u, &st) != KERF_OK) continue;
+      kerf_unit_stats& a = acc[test][size_t(u)];
+      a.ops += st.ops, a.run_ns += st.run_ns, a.busy_ns += st.busy_ns, a.transfer_ns += st.transfer_ns;
+      a.uploads += st.uploads, a.upload_bytes += st.upload_bytes, a.downloads += st.downloads, a.download_bytes += st.download_bytes;
+    }
+  };
+  auto sess_error = [&](int code, const char* what) {
+    return eval_status(code, std::string(what) + ": " + kerf_session_last_error(sraw));
+  };
   for (int r = -1; r < opt.repeat; ++r) {  // r == -1: warm-up
     if (opt.prompt_tokens > 0) {
       std::vector<int32_t> prompt(static_cast<size_t>(opt.prompt_tokens));
       for (int32_t& t : prompt) t = token();
       kerf_session_reset(sraw);
+      kerf_session_reset_stats(sraw);
       const double t0 = now_s();
       rc = kerf_session_eval(sraw, prompt.data(), opt.prompt_tokens, logits.data(), 0);
       const double dt = now_s() - t0;
-      if (rc != KERF_OK) return eval_status(rc, "prefill");
-      if (r >= 0) pp.push_back(opt.prompt_tokens / dt);
+      if (rc != KERF_OK) return sess_error(rc, "prefill");
+      if (r >= 0) pp.push_back(opt.prompt_tokens / dt), take_stats(0);
     }
     if (opt.gen_tokens > 0) {
       kerf_session_reset(sraw);
+      kerf_session_reset_stats(sraw);
       int32_t t = token();
       const double t0 = now_s();
       for (int i = 0; i < opt.gen_tokens; ++i, t = token())
-        if ((rc = kerf_session_eval(sraw, &t, 1, logits.data(), 0)) != KERF_OK) return eval_status(rc, "decode");
-      if (r >= 0) tg.push_back(opt.gen_tokens / (now_s() - t0));
+        if ((rc = kerf_session_eval(sraw, &t, 1, logits.data(), 0)) != KERF_OK) return sess_error(rc, "decode");
+      if (r >= 0) tg.push_back(opt.gen_tokens / (now_s() - t0)), take_stats(1);
     }
   }
+  for (int test = 0; test < 2; ++test)
+    for (int u = 0; u < 3; ++u) {
+      const kerf_unit_stats& a = acc[test][size_t(u)];
+      if (a.ops == 0 && a.uploads == 0 && a.downloads == 0) continue;
+      const double n = double(std::max(opt.repeat, 1));
+      UnitTiming ut;
+      ut.unit = u == 0 ? "cpu" : u == 1 ? "gpu" : "npu";
+      const char* dev = kerf_session_unit_device(sraw, u);
+      ut.device = dev ? dev : "";
+      ut.ops = uint64_t(double(a.ops) / n);
+      ut.run_ms = double(a.run_ns) / n / 1e6;
+      ut.busy_ms = double(a.busy_ns) / n / 1e6;
+      ut.transfer_ms = double(a.transfer_ns) / n / 1e6;
+      ut.uploads = uint64_t(double(a.uploads) / n);
+      ut.downloads = uint64_t(double(a.downloads) / n);
+      ut.upload_mib = double(a.upload_bytes) / n / 1048576.0;
+      ut.download_mib = double(a.download_bytes) / n / 1048576.0;
+      (test == 0 ? rep.prefill_units : rep.decode_units).push_back(ut);
+    }
   if (!pp.empty()) rep.prefill_tps = stat_of(pp);
   if (!tg.empty()) rep.decode_tps = stat_of(tg);
   struct rusage ru {};
@@ -221,6 +261,16 @@ std::string bench_report_json(const BenchReport& r) {
   j["artifact_bytes"] = r.artifact_bytes;
   j["bpw"] = r.has_bpw ? J(r.bpw) : J(nullptr);
   j["bytes_per_decoded_token"] = r.bytes_per_decoded_token;
+  auto units = [](const std::vector<UnitTiming>& v) {
+    J a = J::array();
+    for (const UnitTiming& u : v)
+      a.push_back({{"unit", u.unit}, {"device", u.device}, {"ops", u.ops}, {"run_ms", u.run_ms}, {"busy_ms", u.busy_ms},
+                   {"transfer_ms", u.transfer_ms}, {"uploads", u.uploads}, {"downloads", u.downloads},
+                   {"upload_mib", u.upload_mib}, {"download_mib", u.download_mib}});
+    return a;
+  };
+  j["prefill_units"] = units(r.prefill_units);
+  j["decode_units"] = units(r.decode_units);
   j["measured_bandwidth_gbs"] = r.measured_bandwidth_gbs > 0 ? J(r.measured_bandwidth_gbs) : J(nullptr);
   j["roofline_fraction"] = r.roofline_fraction > 0 ? J(r.roofline_fraction) : J(nullptr);
   return json_file_text(j);
@@ -246,6 +296,24 @@ std::string bench_report_text(const BenchReport& r) {
   };
   row("pp", r.prompt_tokens, r.prefill_tps);
   row("tg", r.gen_tokens, r.decode_tps);
+  // Per-unit time per repetition (one prefill of P tokens; G decode steps).
+  const bool hetero = r.prefill_units.size() > 1 || r.decode_units.size() > 1;
+  if (hetero) {
+    o << "\n| test | unit | device | ops | run ms | device busy ms | transfers (up/down) | MiB up/down | transfer ms |\n"
+         "|---|---|---|---|---|---|---|---|---|\n";
+    auto urows = [&](const char* name, int n, const std::vector<UnitTiming>& v) {
+      for (const UnitTiming& u : v) {
+        char busy[32] = "-";
+        if (u.busy_ms > 0) std::snprintf(busy, sizeof busy, "%.3f", u.busy_ms);
+        std::snprintf(line, sizeof line, "| %s%d | %s | %s | %llu | %.3f | %s | %llu / %llu | %.3f / %.3f | %.3f |\n", name, n,
+                      u.unit.c_str(), u.device.c_str(), (unsigned long long)u.ops, u.run_ms, busy, (unsigned long long)u.uploads,
+                      (unsigned long long)u.downloads, u.upload_mib, u.download_mib, u.transfer_ms);
+        o << line;
+      }
+    };
+    urows("pp", r.prompt_tokens, r.prefill_units);
+    urows("tg", r.gen_tokens, r.decode_units);
+  }
   std::snprintf(line, sizeof line,
                 "\npeak RSS %.1f MiB (%.1f MiB before loading); %.2f MiB of weights read per decoded token",
                 double(r.peak_rss_bytes) / 1048576.0, double(r.rss_before_load_bytes) / 1048576.0,

@@ -46,6 +46,16 @@ struct BenchOptions {
   bool kv_f16 = false;          ///< KERF_KV_F16 cache
   int64_t bandwidth_mib = 1024; ///< buffer of the bandwidth measurement (>= 64 MiB, far above L3); 0 = skip
   uint64_t seed = 1;            ///< random tokens
+  bool cpu_only = false;        ///< KERF_SESSION_CPU_ONLY: ignore the artifact's GPU / NPU placement
+};
+
+/// Time of one compute unit over the timed repetitions of one test (kerf_session_unit_stats).
+struct UnitTiming {
+  std::string unit, device;     ///< "cpu" / "gpu" / "npu"; the device behind it
+  uint64_t ops = 0;
+  double run_ms = 0, busy_ms = 0, transfer_ms = 0;  ///< per repetition (busy: device-measured, 0 = unknown)
+  uint64_t uploads = 0, downloads = 0;              ///< per repetition
+  double upload_mib = 0, download_mib = 0;          ///< per repetition
 };
 
 /// Tokens per second over the R repetitions.
@@ -60,6 +70,7 @@ struct BenchReport {
   int threads = 1, prompt_tokens = 0, gen_tokens = 0, repeat = 0;
   bool kv_f16 = false;
   BenchStat prefill_tps, decode_tps;
+  std::vector<UnitTiming> prefill_units, decode_units;  ///< per unit the session uses
   uint64_t peak_rss_bytes = 0, rss_before_load_bytes = 0, artifact_bytes = 0, bytes_per_decoded_token = 0;
   bool has_bpw = false;
   double bpw = 0;

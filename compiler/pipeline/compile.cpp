@@ -6,13 +6,18 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "compiler/pipeline/emit.h"
 #include "compiler/pipeline/manifest.h"
 #include "compiler/pipeline/model_io.h"
 #include "compiler/pipeline/recipe_file.h"
+#include "compiler/targets/lower.h"
+#include "compiler/targets/placement.h"
+#include "compiler/targets/profile.h"
 #include "formats/artifact/pack.h"
+#include "formats/onnx/qdq_export.h"
 #include "kerf/xxh64.h"
 #include "quant/calib/calibrate.h"
 #include "quant/calib/mixed.h"
@@ -561,27 +566,20 @@ Status load_student(const CompileOptions& opt, ir::Graph& lifted, ir::Graph* tea
 }  // namespace
 
 namespace {
-struct Target {
-  const char* name;
-  int tile_log2;  ///< -1: plain layout
-};
-// Every SIMD target uses R = 4: one tile is 4 output rows (an AVX2 / NEON register of 4 row sums).
-constexpr Target kTargets[] = {
-    {"host", 2}, {"x86-64-avx2", 2}, {"x86-64-avx512", 2}, {"arm64-neon-dotprod", 2}, {"generic", -1},
-};
-
-/// Stores every quantized weight that artifact::tiled_problem() accepts in the tiled layout with
-/// 2^log2_rows rows per tile (lossless, formats/artifact/pack.h); the plan follows the stored dtype,
-/// flags and group (its bits, hence bpw, are unchanged). Weights that cannot be tiled stay plain and
-/// are listed in s->untiled with the reason.
-Status tile_weights(uint32_t log2_rows, CompileSummary* s) {
-  for (quant::TensorPlan& p : s->quant.plan) {
-    auto it = s->quant.tensors.find(p.name);
-    if (it == s->quant.tensors.end()) continue;
+/// Stores every quantized weight named in `names` that artifact::tiled_problem() accepts in the
+/// tiled layout with 2^log2_rows rows per tile (lossless, formats/artifact/pack.h); the plan follows
+/// the stored dtype, flags and group (its bits, hence bpw, are unchanged). Weights that cannot be
+/// tiled stay plain and are listed in *untiled with the reason.
+Status tile_weights(uint32_t log2_rows, const std::set<std::string>& names, quant::QuantizedModel* q,
+                    std::vector<std::pair<std::string, std::string>>* untiled) {
+  for (quant::TensorPlan& p : q->plan) {
+    if (!names.count(p.name)) continue;
+    auto it = q->tensors.find(p.name);
+    if (it == q->tensors.end()) continue;
     quant::QuantTensor& qt = it->second;
     artifact::TensorRecord rec{p.name, qt.dtype, {qt.rows, qt.cols}, uint32_t(qt.group_size), std::move(qt.payload), qt.flags};
     if (const char* why = artifact::tiled_problem(rec)) {
-      s->untiled.emplace_back(p.name, why);
+      untiled->emplace_back(p.name, why);
       qt.payload = std::move(rec.payload);
       continue;
     }
@@ -597,30 +595,34 @@ Status tile_weights(uint32_t log2_rows, CompileSummary* s) {
 }
 }  // namespace
 
-const std::vector<std::string>& known_targets() {
-  static const std::vector<std::string> t = [] {
-    std::vector<std::string> v;
-    for (const Target& k : kTargets) v.push_back(k.name);
-    return v;
-  }();
-  return t;
-}
-
-int target_tile_log2(const std::string& target) {
-  for (const Target& k : kTargets)
-    if (target == k.name) return k.tile_log2;
-  return -1;
-}
-
 Result<CompileSummary> compile(const CompileOptions& opt) {
   CompileSummary s;
   const auto t_start = std::chrono::steady_clock::now();
-  const auto& targets = known_targets();
-  if (std::find(targets.begin(), targets.end(), opt.target) == targets.end()) {
-    std::string known;
-    for (const std::string& t : targets) known += (known.empty() ? "" : ", ") + t;
-    return InvalidArgument("unknown target '" + opt.target + "' (known: " + known + ")");
+  // --target a,b,c: one artifact per device profile, sharing everything before placement.
+  std::vector<targets::DeviceProfile> profiles;
+  {
+    std::set<std::string> seen;
+    std::string rest = opt.target;
+    while (true) {
+      const size_t comma = rest.find(',');
+      const std::string name = rest.substr(0, comma);
+      if (name.empty()) return InvalidArgument("--target '" + opt.target + "': empty profile name");
+      KERF_ASSIGN_OR_RETURN(targets::DeviceProfile p, targets::load_profile(name));
+      if (!seen.insert(p.name).second) return InvalidArgument("--target '" + opt.target + "': " + p.name + " is listed twice");
+      profiles.push_back(std::move(p));
+      if (comma == std::string::npos) break;
+      rest = rest.substr(comma + 1);
+    }
+    if (profiles.size() > 1 && !opt.distill_only) {
+      std::error_code ec;
+      if (std::filesystem::exists(opt.output_path, ec) && !std::filesystem::is_directory(opt.output_path, ec))
+        return InvalidArgument("-o " + opt.output_path + ": with several targets the output is a folder (one NAME.kerf per target), "
+                               "and this is a file");
+    }
   }
+  if (opt.export_qdq && std::none_of(profiles.begin(), profiles.end(), [](const targets::DeviceProfile& p) { return p.npu.present; }))
+    return InvalidArgument("--export-qdq: no --target profile has an npu (e.g. snapdragon-8-gen3, dimensity-9300)");
+  std::vector<std::vector<int32_t>> npu_seqs;  // the npu's calibration tokens, shared by the targets
   KERF_RETURN_IF_ERROR(quant::validate(opt.quant));
   if (opt.output_path.empty()) return InvalidArgument("no output path (-o)");
 
@@ -731,50 +733,122 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   if (calibrated) {
     KERF_RETURN_IF_ERROR(compile_calibrated(popt, lifted, pruning ? &teacher : nullptr, tokenizer, vocab, &s, &extra_meta));
   } else {
-    if (!opt.calib_path.empty())
-      return InvalidArgument("--calib given but the RTN baseline needs no calibration: add --method, --recipe or --bpw");
+    const bool npu_target = std::any_of(profiles.begin(), profiles.end(), [](const targets::DeviceProfile& p) { return p.npu.present; });
+    if (!opt.calib_path.empty() && !npu_target)
+      return InvalidArgument("--calib given but the RTN baseline needs no calibration: add --method, --recipe or --bpw "
+                             "(or a --target with an npu, whose static activation scales use it)");
     KERF_ASSIGN_OR_RETURN(s.quant, quant::quantize_graph_rtn(lifted, opt.quant));
     s.recipe = recipe_name(opt.quant);
   }
   s.quant_seconds = since(t0);
 
-  t0 = std::chrono::steady_clock::now();
-  const int tile_log2 = target_tile_log2(opt.target);
-  s.layout = tile_log2 < 0 ? "plain" : "tiled" + std::to_string(1 << tile_log2);
-  extra_meta["compile.layout"] = s.layout;
-  if (tile_log2 >= 0) {
-    KERF_RETURN_IF_ERROR(tile_weights(uint32_t(tile_log2), &s));
-    std::string untiled;
-    for (const auto& [name, why] : s.untiled) untiled += (untiled.empty() ? "" : "; ") + name + ": " + why;
-    if (!untiled.empty()) extra_meta["compile.untiled"] = untiled;
+  // Per device: placement, the device's weight forms (tiled for the cpu, per-channel ints for the
+  // npu, plain for the gpu), the npu's static scales, then the artifact and its manifest. The
+  // import, pruning, distillation and calibrated quantization above are shared by every target.
+  for (size_t ti = 0; ti < profiles.size(); ++ti) {
+    const targets::DeviceProfile& prof = profiles[ti];
+    t0 = std::chrono::steady_clock::now();
+    TargetResult tr;
+    tr.name = prof.name;
+    tr.output_path = profiles.size() == 1 ? opt.output_path : (std::filesystem::path(opt.output_path) / (prof.name + ".kerf")).string();
+    EmitOptions eo;
+    eo.tokenizer = tokenizer;
+    eo.recipe = s.recipe;
+    eo.target = prof.name;
+    eo.source_name = std::filesystem::path(opt.model_path).filename().string();
+    eo.producer_version = opt.producer_version;
+    eo.bpw_budget = s.mixed_budget;
+    eo.extra_meta = extra_meta;
+    // 1. placement on the plain program
+    KERF_ASSIGN_OR_RETURN(artifact::ArtifactBuilder plain, build_artifact(lifted, s.quant, eo));
+    targets::PlaceOptions po;
+    po.pins = opt.place_pins;
+    if (have_recipe) po.pins.insert(po.pins.end(), recipe.placement.begin(), recipe.placement.end());
+    po.strict = opt.strict || (have_recipe && recipe.strict);
+    KERF_ASSIGN_OR_RETURN(tr.placement, targets::place(targets::program_of(plain), prof, po));
+    // 2. weight layouts: the cpu's tiled layout for weights only cpu ops read
+    quant::QuantizedModel q = s.quant;
+    const int tile_log2 = prof.cpu.kernels == "plain" ? -1 : 2;
+    tr.layout = tile_log2 < 0 ? "plain" : "tiled" + std::to_string(1 << tile_log2);
+    if (tile_log2 >= 0) {
+      const auto names = targets::cpu_only_tensors(plain, tr.placement);
+      KERF_RETURN_IF_ERROR(tile_weights(uint32_t(tile_log2), std::set<std::string>(names.begin(), names.end()), &q, &tr.untiled));
+      std::string untiled;
+      for (const auto& [name, why] : tr.untiled) untiled += (untiled.empty() ? "" : "; ") + name + ": " + why;
+      if (!untiled.empty()) eo.extra_meta["compile.untiled"] = untiled;
+    }
+    eo.extra_meta["compile.layout"] = tr.layout;
+    KERF_ASSIGN_OR_RETURN(artifact::ArtifactBuilder builder, build_artifact(lifted, q, eo));
+    q.tensors.clear();
+    // 3. the placement and the npu lowering
+    KERF_RETURN_IF_ERROR(targets::apply_placement(builder, tr.placement, prof, lifted));
+    if (tr.placement.uses("npu")) {
+      if (opt.calib_path.empty())
+        return InvalidArgument("target " + prof.name + " places ops on its npu, whose integer path needs static activation "
+                               "scales calibrated on text: add --calib FILE (e.g. ../shared/text/tinystories_valid_800.txt)");
+      if (npu_seqs.empty()) {
+        KERF_ASSIGN_OR_RETURN(auto all, read_stories(opt.calib_path));
+        const StoryRange r = popt.calib_stories.value_or(StoryRange{0, 128});
+        KERF_ASSIGN_OR_RETURN(auto texts, select_stories(all, r, opt.calib_path));
+        KERF_ASSIGN_OR_RETURN(npu_seqs, targets::tokenize_with_artifact(builder, texts, 256, 16384));
+      }
+      KERF_RETURN_IF_ERROR(targets::calibrate_npu(builder, prof, npu_seqs));
+    }
+    if (opt.export_qdq && tr.placement.uses("npu")) {  // the npu partition for vendor toolchains
+      QdqExportOptions qo;
+      qo.tokens = prof.npu.max_tokens > 0 ? prof.npu.max_tokens : 128;
+      qo.producer_version = opt.producer_version;
+      tr.qdq_path = (std::filesystem::path(tr.output_path).parent_path() / (prof.name + ".qdq.onnx")).string();
+      if (profiles.size() > 1) {
+        std::error_code ec;
+        std::filesystem::create_directories(opt.output_path, ec);
+      }
+      KERF_RETURN_IF_ERROR(export_qdq_onnx(builder, tr.placement, qo, tr.qdq_path, &tr.qdq)
+                               .with_context("--export-qdq, target " + prof.name));
+    }
+    if (profiles.size() > 1) {
+      std::error_code ec;
+      std::filesystem::create_directories(opt.output_path, ec);
+      if (ec) return IoError(opt.output_path + ": cannot create the output folder: " + ec.message());
+    }
+    std::string err = builder.write(tr.output_path);
+    if (!err.empty()) return IoError(err);
+    s.write_seconds += since(t0);
+    std::error_code ec;
+    tr.bytes = std::filesystem::file_size(tr.output_path, ec);
+    const auto t_manifest = std::chrono::steady_clock::now();
+    {  // The package manifest (manifest.h), once the artifact is complete; on error neither remains.
+      CompileManifestInputs mi;
+      mi.tokenizer_path = tok_path;
+      mi.recipe_name = have_recipe ? recipe.name : "";
+      auto ck = eo.extra_meta.find("distill.checkpoint");
+      if (ck != eo.extra_meta.end())
+        mi.checkpoint_path = std::filesystem::path(ck->second).is_absolute()
+                                 ? ck->second
+                                 : (std::filesystem::path(opt.output_path).parent_path() / ck->second).string();
+      CompileOptions topt = opt;
+      topt.target = prof.name;
+      topt.output_path = tr.output_path;
+      CompileSummary ts = s;
+      ts.bytes = tr.bytes;
+      ts.layout = tr.layout;
+      ts.untiled = tr.untiled;
+      KERF_RETURN_IF_ERROR(write_compile_manifest(topt, ts, mi));
+    }
+    s.manifest_seconds += since(t_manifest);
+    s.targets.push_back(std::move(tr));
   }
-  EmitOptions eo;
-  eo.tokenizer = std::move(tokenizer);
-  eo.recipe = s.recipe;
-  eo.target = opt.target;
-  eo.source_name = std::filesystem::path(opt.model_path).filename().string();
-  eo.producer_version = opt.producer_version;
-  eo.bpw_budget = s.mixed_budget;
-  eo.extra_meta = std::move(extra_meta);
-  KERF_ASSIGN_OR_RETURN(artifact::ArtifactBuilder builder, build_artifact(lifted, s.quant, eo));
-  std::string err = builder.write(opt.output_path);
-  if (!err.empty()) return IoError(err);
-  s.write_seconds = since(t0);
-  std::error_code ec;
-  s.bytes = std::filesystem::file_size(opt.output_path, ec);
-  const auto t_manifest = std::chrono::steady_clock::now();
-  {  // The package manifest (manifest.h), once the artifact is complete; on error neither remains.
-    CompileManifestInputs mi;
-    mi.tokenizer_path = tok_path;
-    mi.recipe_name = have_recipe ? recipe.name : "";
-    auto ck = eo.extra_meta.find("distill.checkpoint");
-    if (ck != eo.extra_meta.end())
-      mi.checkpoint_path = std::filesystem::path(ck->second).is_absolute()
-                               ? ck->second
-                               : (std::filesystem::path(opt.output_path).parent_path() / ck->second).string();
-    KERF_RETURN_IF_ERROR(write_compile_manifest(opt, s, mi));
+  if (opt.export_qdq && std::none_of(s.targets.begin(), s.targets.end(), [](const TargetResult& t) { return !t.qdq_path.empty(); })) {
+    for (const TargetResult& t : s.targets) {  // an error leaves nothing of this run behind
+      std::error_code ec;
+      std::filesystem::remove(t.output_path, ec);
+      std::filesystem::remove(manifest_path_for(t.output_path), ec);
+    }
+    return InvalidArgument("--export-qdq: no target placed an op on its npu, so there is no npu partition to export");
   }
-  s.manifest_seconds = since(t_manifest);
+  s.bytes = s.targets.front().bytes;
+  s.layout = s.targets.front().layout;
+  s.untiled = s.targets.front().untiled;
   for (auto& [name, t] : s.quant.tensors) t.payload.clear();
   s.total_seconds = since(t_start);
   return s;
@@ -809,6 +883,36 @@ std::vector<progress::TimingRow> compile_timing(const CompileSummary& s) {
   add("manifest", s.manifest_seconds, s.bytes > 0);
   add("other", std::max(0.0, s.total_seconds - sum), true);
   return rows;
+}
+
+std::string targets_table() {
+  std::ostringstream os;
+  os << "device profiles (compiler/targets/*.yaml; --target NAME, or a NAME.yaml of your own: docs/targets.md)\n";
+  for (const targets::DeviceProfile& p : targets::builtin_profiles()) {
+    os << "  " << p.name << ": " << p.description << "\n";
+    os << "      cpu " << p.cpu.api << " " << p.cpu.kernels << " kernels, " << p.cpu.threads << " threads";
+    if (p.gpu.present) os << "; gpu " << p.gpu.api << (p.gpu.device.empty() ? "" : " (" + p.gpu.device + ")");
+    if (p.npu.present)
+      os << "; npu " << p.npu.api << " A" << p.npu.activation_bits << "W" << p.npu.weight_bits << " integer path";
+    os << "; placement prefill " << p.prefill << ", decode " << p.decode << "\n";
+  }
+  return os.str();
+}
+
+std::string placement_text(const targets::Placement& p, const std::string& indent) {
+  std::ostringstream os;
+  char buf[256];
+  std::map<std::string, int> count[2];
+  for (const auto& o : p.ops)
+    for (int ph = 0; ph < 2; ++ph) ++count[ph][o.unit[ph]];
+  for (int ph = 1; ph >= 0; --ph) {
+    os << indent << (ph ? "prefill" : "decode ") << " placement:";
+    for (const auto& [u, n] : count[ph]) os << " " << u << " " << n << " ops";
+    std::snprintf(buf, sizeof buf, "; %zu transfers; modelled %.1f us\n", p.transfers[ph].size(), p.total_us[ph]);
+    os << buf;
+  }
+  for (const auto& n : p.notes) os << indent << "note: " << n << "\n";
+  return os.str();
 }
 
 std::string compile_summary_text(const CompileOptions& opt, const CompileSummary& s) {
@@ -865,17 +969,20 @@ std::string compile_summary_text(const CompileOptions& opt, const CompileSummary
     std::snprintf(buf, sizeof buf, "  %-40s %-20s (kept: %s, not counted in bpw)\n", p.name.c_str(), "f32", p.role.c_str());
     os << buf;
   }
-  if (!s.layout.empty()) {
-    os << "  weight layout: " << s.layout << " (target " << opt.target << ")";
-    if (s.layout != "plain")
-      os << ": " << s.quant.plan.size() - s.untiled.size() << " of " << s.quant.plan.size() << " weight matrices tiled";
-    os << "\n";
-    for (const auto& [name, why] : s.untiled) os << "    not tiled: " << name << ": " << why << "\n";
-  }
-  std::snprintf(buf, sizeof buf, "  effective bits per weight: %.4f over %lld weights (EVAL.md)\n  artifact: %llu bytes\n",
-                s.quant.bpw, static_cast<long long>(s.quant.weight_count), static_cast<unsigned long long>(s.bytes));
+  std::snprintf(buf, sizeof buf, "  effective bits per weight: %.4f over %lld weights (EVAL.md)\n", s.quant.bpw,
+                static_cast<long long>(s.quant.weight_count));
   os << buf;
-  os << "  package manifest: " << manifest_path_for(opt.output_path) << " (docs/manifest.md)\n";
+  for (const TargetResult& t : s.targets) {
+    os << "  target " << t.name << ": " << t.output_path << ", " << t.bytes << " bytes; cpu weight layout " << t.layout;
+    os << "\n";
+    for (const auto& [name, why] : t.untiled) os << "    not tiled: " << name << ": " << why << "\n";
+    os << placement_text(t.placement, "    ");
+    if (!t.qdq_path.empty())
+      os << "    npu partition as QDQ ONNX: " << t.qdq_path << " (opset " << t.qdq.opset << ", T = " << t.qdq.tokens << ", "
+         << t.qdq.npu_ops << " ops -> " << t.qdq.nodes << " nodes, " << t.qdq.qdq_pairs << " QDQ pairs, "
+         << t.qdq.weight_matrices << " int8 weights; docs/qdq-export.md)\n";
+    os << "    package manifest: " << manifest_path_for(t.output_path) << " (docs/manifest.md)\n";
+  }
   std::snprintf(buf, sizeof buf,
                 "  compile time: %.2f s (import %.2f, passes %.2f, lift check %.2f, quantize %.2f, write %.2f)\n",
                 s.total_seconds, s.import_seconds, s.passes_seconds, s.verify_seconds, s.quant_seconds, s.write_seconds);

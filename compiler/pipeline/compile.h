@@ -9,6 +9,8 @@
 #include "compiler/ir/status.h"
 #include "compiler/pipeline/progress.h"
 #include "compiler/pipeline/text.h"
+#include "compiler/targets/placement.h"
+#include "formats/onnx/qdq_export.h"
 #include "quant/recipe.h"
 
 namespace kerf::pipeline {
@@ -17,7 +19,14 @@ struct CompileOptions {
   std::string model_path;
   std::string output_path;
   std::string tokenizer_path;        ///< empty: the only tokenizer.bin / tok*.bin beside the model
-  std::string target = "host";       ///< device profile, one of known_targets() (weight layout, target_tile_log2())
+  /// Device profile(s): a built-in name (`kerf targets`) or a NAME.yaml file; "a,b,c" compiles one
+  /// artifact per device in one run (output_path is then a folder receiving NAME.kerf per target).
+  std::string target = "host";
+  /// Placement pins (--place PATTERN=UNIT, fnmatch on op names), before the recipe's placement: ones.
+  std::vector<std::pair<std::string, std::string>> place_pins;
+  /// Also write each npu target's npu partition as QDQ ONNX (NAME.qdq.onnx beside its artifact,
+  /// formats/onnx/qdq_export.h); an error when no target uses its npu.
+  bool export_qdq = false;
   quant::QuantOptions quant;         ///< default: INT4 asym g32 linears, INT8 per-row embedding
   bool verify_lift = true;           ///< run imported and lifted graphs on a probe and compare logits
   int threads = 0;                   ///< LibTorch threads (0 = all cores)
@@ -54,6 +63,18 @@ struct CompileOptions {
   int teacher_samples = -1;          ///< sequences sampled from the teacher added to the training text (-1: the recipe's, else 0)
 };
 
+/// One device's artifact of a compile.
+struct TargetResult {
+  std::string name;                  ///< profile name
+  std::string output_path;           ///< the artifact written
+  uint64_t bytes = 0;
+  std::string layout;                ///< "tiled4" or "plain" (cpu weights)
+  std::vector<std::pair<std::string, std::string>> untiled;  ///< (weight, reason) left plain
+  targets::Placement placement;      ///< per op: unit per phase, why; transfers; modelled time
+  std::string qdq_path;              ///< --export-qdq: the npu partition's QDQ ONNX ("" when not written)
+  QdqExportSummary qdq;
+};
+
 struct CompileSummary {
   size_t imported_nodes = 0, lifted_nodes = 0;
   std::map<std::string, int> lifted_ops;
@@ -85,21 +106,20 @@ struct CompileSummary {
   // Weight layout (formats/SPEC.md 6.6), recorded as metadata "compile.layout" / "compile.untiled".
   std::string layout;                 ///< "tiled4" (R = 4 rows per tile) or "plain"
   std::vector<std::pair<std::string, std::string>> untiled;  ///< tiled target: (weight, reason) of those left plain
+  std::vector<TargetResult> targets;  ///< one per --target profile, in order (bytes / layout above: the first's)
 };
 
-/// Known target names: "host" (this machine), "x86-64-avx2", "x86-64-avx512", "arm64-neon-dotprod"
-/// (weights in the tiled layout, R = 4 rows per tile, for runtime-lite's integer kernels) and
-/// "generic" (the plain layout: runtime-lite's portable scalar path).
-const std::vector<std::string>& known_targets();
-
-/// log2 of the rows per tile R of `target`'s tiled weight layout (2 for R = 4); -1 for "generic"
-/// (plain layout) and for unknown names.
-int target_tile_log2(const std::string& target);
-
-/// Compiles. Errors: kInvalidArgument (unknown target, bad quant options, no tokenizer), and the
+/// Compiles. Errors: kInvalidArgument (unknown target, bad quant options, no tokenizer, a placement pin
+/// that cannot be honoured under strict, an npu target without --calib), and the
 /// import / pass / quantization / write errors, each naming the file, node or tensor. Nothing is
 /// left at output_path on error.
 Result<CompileSummary> compile(const CompileOptions& opt);
+
+/// `kerf targets`: every built-in profile with its units in one or two lines.
+std::string targets_table();
+
+/// Placement in brief: per phase the ops per unit, transfers and modelled time; the notes.
+std::string placement_text(const targets::Placement& p, const std::string& indent);
 
 /// Human-readable summary (ops, per-tensor plan, bpw, bytes, timings).
 std::string compile_summary_text(const CompileOptions& opt, const CompileSummary& s);

@@ -95,6 +95,13 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
     rep.tensors.push_back(std::move(t));
   }
   collect_artifact_structure(model.get(), &rep);  // report.h: storage codes, program, placement
+  if (opt.cpu_only)
+    for (OpPlacement& p : rep.ops)
+      if (p.unit != "cpu" || p.unit_prefill != "cpu") {
+        p.reason = "--cpu-only: run on the cpu instead of the artifact's " + p.unit_prefill + " (prefill) / " + p.unit +
+                   " (decode); " + p.reason;
+        p.unit = p.unit_prefill = "cpu";
+      }
 
   KERF_ASSIGN_OR_RETURN(auto all, read_stories(opt.text_path));
   KERF_ASSIGN_OR_RETURN(auto stories, select_stories(all, opt.stories, opt.text_path));
@@ -217,8 +224,10 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
   }
 
   kerf_session* sraw = nullptr;
-  rc = kerf_session_create(model.get(), 0, &sraw);
-  if (rc != KERF_OK) return Internal(std::string("cannot create a runtime session: ") + kerf_status_string(rc));
+  char serr[1024] = {0};
+  rc = kerf_session_create_ex(model.get(), 0, opt.cpu_only ? KERF_SESSION_CPU_ONLY : 0, &sraw, serr, sizeof serr);
+  if (rc == KERF_ERR_UNSUPPORTED) return Unsupported(std::string("cannot run the artifact's placement: ") + serr);
+  if (rc != KERF_OK) return Internal(std::string("cannot create a runtime session: ") + kerf_status_string(rc) + ": " + serr);
   std::unique_ptr<kerf_session, SessionFree> session(sraw);
 
   double nll = 0, nll_ref = 0, kl = 0;
@@ -246,7 +255,9 @@ Result<EvalReport> evaluate(const EvalOptions& opt) {
     auto t0 = std::chrono::steady_clock::now();
     rc = kerf_session_eval(session.get(), toks.data(), T, logits.data(), 1);
     rep.artifact_seconds += since(t0);
-    if (rc != KERF_OK) return Internal(std::string("runtime-lite failed on story ") + std::to_string(si) + ": " + kerf_status_string(rc));
+    if (rc != KERF_OK)
+      return Internal(std::string("runtime-lite failed on story ") + std::to_string(si) + ": " + kerf_status_string(rc) + ": " +
+                      kerf_session_last_error(session.get()));
     std::vector<float> ref_logits;
     if (ref) {
       ref->reset_cache();
@@ -366,6 +377,12 @@ std::string eval_report_markdown(const EvalReport& r) {
     if (!r.stages.empty() && r.stages[0].context > 0)
       os << "\nFLOPs: 2 x multiply-adds of the matrices plus attention over the context, per token; decode at context " << r.stages[0].context
          << ", prefill averaged over a " << r.stages[0].context << "-token prompt (prune/prune.h).\n";
+  }
+  if (!r.ops.empty()) {
+    os << "\n## Placement (target `" << r.target << "`)\n\n| # | op | name | unit (prefill / decode) | kernel | why |\n|---|---|---|---|---|---|\n";
+    for (const auto& p : r.ops)
+      os << "| " << p.index << " | " << p.op << " | `" << p.name << "` | "
+         << (p.unit_prefill == p.unit ? p.unit : p.unit_prefill + " / " + p.unit) << " | " << p.kernel << " | " << p.reason << " |\n";
   }
   if (!r.tensors.empty()) {
     os << "\n## Tensors\n\n| tensor | shape | storage | bytes | precision, method, role, calibration |\n|---|---|---|---|---|\n";

@@ -22,6 +22,8 @@ struct EvalOptions {
   bool progress = false;       ///< the stories as a progress task ("eval") of the installed reporter (progress.h)
   bool stages = true;          ///< pruned artifacts: also score the pruned and distilled FP models (needs the
                                ///< reference; the distilled weights come from the checkpoint the artifact names)
+  bool cpu_only = false;       ///< run every op on the CPU (KERF_SESSION_CPU_ONLY), ignoring GPU / NPU placement:
+                               ///< the same weights in float, to isolate what a unit's arithmetic costs
 };
 
 struct TensorInfo {
@@ -42,7 +44,8 @@ struct OpPlacement {
   std::string op;                    ///< "kerf.Linear", "kerf.RMSNorm", ...
   std::string name;                  ///< the op's output value, e.g. "layers.0.q"
   std::vector<std::string> weights;  ///< tensors it reads, in input order (GatedFFN: w1, w3, w2)
-  std::string unit = "cpu";          ///< compute unit; runtime-lite has one (the CPU)
+  std::string unit = "cpu";          ///< compute unit of decode (one token): cpu, gpu or npu (format 1.3 placement)
+  std::string unit_prefill = "cpu";  ///< compute unit of prefill (more than one token)
   std::string kernel;                ///< kernel family, e.g. "tiled int8-act GEMV/GEMM", "vectorized float"
   std::string reason;                ///< why this unit and kernel
 };

@@ -1,6 +1,8 @@
 // Package manifests ("kerf.manifest/1"), see manifest.h and docs/manifest.md.
 #include "compiler/pipeline/manifest.h"
 
+#include "compiler/targets/profile.h"
+
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -174,7 +176,12 @@ std::string target_kernels(const std::string& target) {
   if (target == "arm64-neon-dotprod") return "arm64 NEON dotprod integer kernels (NEON / scalar fallback)";
   if (target == "host")
     return "tiled integer kernels chosen at load time: AVX-512 VNNI, AVX2, NEON dotprod or NEON / scalar fallback";
-  return "unknown target";
+  auto p = targets::load_profile(target);
+  if (!p.ok()) return "unknown target";
+  std::string k = "cpu: " + p->cpu.kernels + " integer kernels";
+  if (p->gpu.present) k += "; gpu: runtime-lite OpenCL backend (" + p->gpu.api + ")";
+  if (p->npu.present) k += "; npu: integer-only A" + std::to_string(p->npu.activation_bits) + "W" + std::to_string(p->npu.weight_bits) + " path (bit-exact reference in runtime-lite)";
+  return k;
 }
 
 /// The BLAS LibTorch computes with, as it names itself (OpenBLAS: version, build options and the

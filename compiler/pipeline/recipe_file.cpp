@@ -11,40 +11,15 @@
 #include <set>
 #include <sstream>
 
+#include "compiler/pipeline/yaml_fields.h"
 #include "kerf/xxh64.h"
 
 namespace kerf::pipeline {
 namespace {
 
-struct Ctx {
-  std::string label;
-  Status err(const std::string& key, const std::string& what) const {
-    return BadInput(label + ": " + key + ": " + what);
-  }
-};
-
-Status check_keys(const Ctx& c, const YAML::Node& n, const std::string& where, const std::set<std::string>& known) {
-  if (!n.IsMap()) return c.err(where, "must be a mapping");
-  for (const auto& kv : n) {
-    const std::string k = kv.first.as<std::string>();
-    if (!known.count(k)) {
-      std::string list;
-      for (const auto& s : known) list += (list.empty() ? "" : ", ") + s;
-      return c.err(where.empty() ? k : where + "." + k, "unknown key (known: " + list + ")");
-    }
-  }
-  return Status::Ok();
-}
-
-template <typename T>
-Status get(const Ctx& c, const YAML::Node& n, const std::string& key, T* out) {
-  try {
-    *out = n.as<T>();
-  } catch (const YAML::Exception&) {
-    return c.err(key, "has the wrong type (line " + std::to_string(n.Mark().line + 1) + ")");
-  }
-  return Status::Ok();
-}
+using yaml::check_keys;
+using yaml::Ctx;
+using yaml::get;
 
 Status parse_choice(const Ctx& c, const YAML::Node& n, const std::string& where, quant::TensorChoice* ch,
                     const std::set<std::string>& extra_keys = {}) {
@@ -173,7 +148,17 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
   try {
     KERF_RETURN_IF_ERROR(check_keys(c, root, "",
                                     {"name", "description", "calibration", "default", "gptq", "awq", "tensors", "mixed", "qad", "prune", "distill", "strict",
-                                     "verify"}));
+                                     "verify", "placement"}));
+    if (const YAML::Node pl = root["placement"]) {
+      if (!pl.IsMap()) return c.err("placement", "must be a mapping of op-name pattern to unit (cpu, gpu, npu)");
+      for (const auto& kv : pl) {
+        const std::string pat = kv.first.as<std::string>();
+        std::string unit;
+        KERF_RETURN_IF_ERROR(get(c, kv.second, "placement." + pat, &unit));
+        if (unit != "cpu" && unit != "gpu" && unit != "npu") return c.err("placement." + pat, "unknown unit '" + unit + "' (cpu, gpu, npu)");
+        r.placement.emplace_back(pat, unit);
+      }
+    }
     if (root["name"]) KERF_RETURN_IF_ERROR(get(c, root["name"], "name", &r.name));
     if (root["strict"]) KERF_RETURN_IF_ERROR(get(c, root["strict"], "strict", &r.strict));
     if (const YAML::Node cal = root["calibration"]) {

@@ -144,6 +144,9 @@ struct Recipe {
   double distill_val_fraction = 0.05;
   int teacher_samples = 0;               ///< sequences sampled from the teacher added to the training text
   VerifyThresholds verify;               ///< `verify:` section (kerf verify's acceptance thresholds)
+  /// `placement:` section: op-name pattern (fnmatch) -> unit ("cpu", "gpu", "npu"), in file order;
+  /// pins for the placement pass (compiler/targets/placement.h), after --place.
+  std::vector<std::pair<std::string, std::string>> placement;
 };
 
 /// Parses a recipe. Errors: kIo (unreadable), kBadInput naming the file, the key and what is wrong

@@ -75,9 +75,7 @@ void place_op(const std::string& op, const std::vector<kerf_tensor_info>& w, con
     tiled = tiled || is_tiled(t);
     quantized = quantized || fmt::dtype_is_quantized(fmt::DType(t.dtype));
   }
-  const std::string unit = "target " + (target.empty() ? std::string("(unknown)") : target) +
-                           " has one compute unit (CPU): runtime-lite runs every op there; ";
-  p->unit = "cpu";
+  const std::string unit = "cpu of target " + (target.empty() ? std::string("(unknown)") : target) + ": ";
   if (op == "Linear" || op == "GatedFFN") {
     const std::string tail = op == "GatedFFN" ? " + SiLU gate" : "";
     if (tiled) {
@@ -181,6 +179,15 @@ void collect_artifact_structure(const kerf_model* m, EvalReport* rep) {
   size_t n = 0;
   if (kerf_model_meta_string(m, "compile.layout", &s, &n) == KERF_OK) rep->layout.assign(s, n);
   rep->ops.clear();
+  std::vector<std::string> why;  // per op, in program order: its line of placement.why (format 1.3), name cut
+  if (kerf_model_meta_string(m, "placement.why", &s, &n) == KERF_OK) {
+    std::string all(s, n), lineb;
+    std::istringstream is(all);
+    while (std::getline(is, lineb)) {
+      const size_t colon = lineb.find(": ");
+      why.push_back(colon == std::string::npos ? lineb : lineb.substr(colon + 2));
+    }
+  }
   for (int i = 0, no = kerf_model_op_count(m); i < no; ++i) {
     kerf_op_info oi{};
     if (kerf_model_op_info(m, i, &oi) != KERF_OK) continue;
@@ -200,6 +207,24 @@ void collect_artifact_structure(const kerf_model* m, EvalReport* rep) {
       p.weights.push_back(infos[static_cast<size_t>(ti)].name);
     }
     place_op(oi.op ? oi.op : "", w, rep->target, &p);
+    // "[cpu]" or "[npu prefill / cpu]" at the end of the description (kerf_model_op_describe)
+    const char* br = std::strrchr(line, '[');
+    if (br) {
+      std::string units(br + 1);
+      if (!units.empty() && units.back() == ']') units.pop_back();
+      const size_t sl = units.find(" prefill / ");
+      p.unit = sl == std::string::npos ? units : units.substr(sl + 11);
+      p.unit_prefill = sl == std::string::npos ? p.unit : units.substr(0, sl);
+    }
+    auto kernel_of = [&](const std::string& u) {
+      return u == "gpu" ? std::string("OpenCL kernels (runtime-lite GPU backend, f32)")
+             : u == "npu" ? std::string("integer-only NPU path (docs/npu-arithmetic.md, bit-exact reference)")
+                          : p.kernel;
+    };
+    if (p.unit != "cpu" || p.unit_prefill != "cpu")
+      p.kernel = p.unit_prefill == p.unit ? kernel_of(p.unit) : "prefill: " + kernel_of(p.unit_prefill) + "; decode: " + kernel_of(p.unit);
+    if (why.size() == size_t(kerf_model_op_count(m)))
+      p.reason = "placement: " + why[size_t(i)] + (p.unit == "cpu" && p.unit_prefill == "cpu" ? "; " + p.reason : std::string());
     rep->ops.push_back(std::move(p));
   }
 }
@@ -303,7 +328,7 @@ nlohmann::ordered_json report_object(const EvalReport& r) {
   J ops = J::array();
   for (const auto& p : r.ops)
     ops.push_back({{"index", p.index}, {"op", p.op}, {"name", p.name}, {"weights", p.weights},
-                   {"unit", p.unit}, {"kernel", p.kernel}, {"reason", p.reason}});
+                   {"unit", p.unit}, {"unit_prefill", p.unit_prefill}, {"kernel", p.kernel}, {"reason", p.reason}});
   j["placement"] = J::array({J{{"device", r.target.empty() ? std::string("unknown") : r.target},
                                {"layout", r.layout.empty() ? J(nullptr) : J(r.layout)},
                                {"ops", std::move(ops)}}});

@@ -848,7 +848,12 @@ void placement_section(std::ostringstream& o, const J& r) {
       continue;
     }
     std::map<std::string, int> by_unit, by_kernel;
-    for (const J& op : *ops) ++by_unit[str_or(op, "unit", "?")], ++by_kernel[str_or(op, "kernel", "?")];
+    // "npu / cpu" = prefill on the npu, decode on the cpu (format 1.3 placement)
+    auto units = [&](const J& op) {
+      const std::string d = str_or(op, "unit", "?"), p = str_or(op, "unit_prefill", d);
+      return p == d ? d : p + " / " + d;
+    };
+    for (const J& op : *ops) ++by_unit[units(op)], ++by_kernel[str_or(op, "kernel", "?")];
     o << "<div class=\"chips\">";
     for (const auto& [u, c] : by_unit) o << "<span class=\"chip unit\">" << esc(u) << ": " << c << " op" << (c == 1 ? "" : "s") << "</span>";
     o << "</div><div class=\"chips\">";
@@ -865,10 +870,10 @@ void placement_section(std::ostringstream& o, const J& r) {
     const size_t cut = common.rfind("; ");
     common = cut == std::string::npos || ops->size() < 2 ? "" : common.substr(0, cut + 2);
     if (!common.empty()) o << "<p>Every op: " << esc(common.substr(0, common.size() - 2)) << ".</p>\n";
-    o << "<table class=\"wide\"><tr><th class=\"n\">index</th><th>op</th><th>name</th><th>unit</th><th>kernel</th><th>reason</th></tr>\n";
+    o << "<table class=\"wide\"><tr><th class=\"n\">index</th><th>op</th><th>name</th><th>unit (prefill / decode)</th><th>kernel</th><th>reason</th></tr>\n";
     for (const J& op : *ops)
       o << "<tr><td class=\"n\">" << cell(op, "index") << "</td><td><code>" << esc(str_or(op, "op", "?")) << "</code></td><td class=\"name\">"
-        << esc(str_or(op, "name", "")) << weights_text(op) << "</td><td>" << esc(str_or(op, "unit", "?")) << "</td><td>" << esc(str_or(op, "kernel", ""))
+        << esc(str_or(op, "name", "")) << weights_text(op) << "</td><td>" << esc(units(op)) << "</td><td>" << esc(str_or(op, "kernel", ""))
         << "</td><td>" << esc(str_or(op, "reason", "").substr(common.size())) << "</td></tr>\n";
     o << "</table>\n";
   }

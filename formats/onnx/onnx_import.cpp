@@ -20,8 +20,8 @@ using ir::DType;
 
 const std::vector<std::string>& kSupported() {
   static const std::vector<std::string> ops = {
-      "Add",    "Cast",       "Concat",  "Constant", "ConstantOfShape", "Div",     "Equal",
-      "Expand", "Gather",     "Identity", "MatMul",  "Mul",             "Neg",     "Pow",
+      "Add",    "Cast",       "Concat",  "Constant", "ConstantOfShape", "DequantizeLinear", "Div",     "Equal",
+      "Expand", "Gather",     "Identity", "MatMul",  "Mul",             "Neg",     "Pow",   "QuantizeLinear",
       "Range",  "Reciprocal", "ReduceMean", "Reshape", "Shape",         "Sigmoid", "Slice",
       "Softmax", "Sqrt",      "Squeeze", "Sub",      "Transpose",       "Trilu",   "Unsqueeze",
       "Where"};
@@ -240,9 +240,9 @@ Result<ir::Graph> import_onnx_bytes(const void* data, size_t size, const std::st
     }
   }
   if (!have_default) return BadInput(display_name + ": no opset_import for the default ONNX domain");
-  if (g.opset < 13 || g.opset > 17)
+  if (g.opset < 13 || g.opset > 21)
     return Unsupported(display_name + ": opset " + std::to_string(g.opset) +
-                       " of the default domain; kerf imports opsets 13 to 17");
+                       " of the default domain; kerf imports opsets 13 to 21");
   g.metadata["source.opset"] = std::to_string(g.opset);
 
   const auto& gp = model.graph();
@@ -321,6 +321,16 @@ Result<ir::Graph> import_onnx_bytes(const void* data, size_t size, const std::st
     n.outputs.assign(np.output().begin(), np.output().end());
     for (const auto& a : np.attribute()) {
       KERF_ASSIGN_OR_RETURN(n.attrs[a.name()], convert_attr(a, display_name + ": node '" + name + "'", base));
+    }
+    // Opset 18 moved ReduceMean's axes from an attribute to an input: back to the attribute form the
+    // passes and the reference executor read (the only op of the list whose signature changed in 18-21).
+    if (g.opset >= 18 && n.op == "ReduceMean" && n.inputs.size() >= 2 && !n.inputs[1].empty()) {
+      auto ax = g.initializers.find(n.inputs[1]);
+      if (ax == g.initializers.end() || ax->second.dtype != DType::kI64)
+        return Unsupported(display_name + ": ReduceMean node '" + name + "' (opset " + std::to_string(g.opset) +
+                           ") takes its axes from '" + n.inputs[1] + "', which is not an int64 constant");
+      n.attrs["axes"] = ir::AttrValue(ax->second.to_i64());
+      n.inputs.resize(1);
     }
     g.nodes.push_back(std::move(n));
   }

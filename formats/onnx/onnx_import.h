@@ -23,7 +23,10 @@ inline constexpr int kOnnxMaxRank = 8;
 /// Default-domain ONNX op types kerf can import (and the reference executor can run), sorted.
 const std::vector<std::string>& supported_onnx_ops();
 
-/// Imports an ONNX model (opsets 13-17 of the default domain).
+/// Imports an ONNX model (opsets 13-21 of the default domain; a ReduceMean of opset 18+ whose axes
+/// input is an int64 constant gets them back as its attribute). QuantizeLinear / DequantizeLinear
+/// import as they are (a QuantizeLinear's output type: its output_dtype attribute, else its zero
+/// point's type; INT16 tensors are not read, so INT16 quantization needs output_dtype).
 ///  - initializers and Constant nodes become Graph::initializers (f32, f16, bf16, f64, i64, i32,
 ///    i8, u8, bool; raw_data or typed fields; external data read from beside the model, and a
 ///    location that escapes the model's folder is rejected);
@@ -33,8 +36,9 @@ const std::vector<std::string>& supported_onnx_ops();
 ///    "<op>_<index>" where missing).
 /// Errors: kIo (cannot read), kBadInput (not a parseable ModelProto, bad tensor sizes, duplicate
 /// or undefined values, a tensor over 2^40 elements, nesting deeper than 64 messages), kResourceLimit (file over max_file_bytes,
-/// more than max_nodes nodes, a rank above kOnnxMaxRank), kUnsupported (opset outside 13-17, unknown domain, ops kerf does not
-/// know: the message lists EVERY unsupported op type with the names of its nodes).
+/// more than max_nodes nodes, a rank above kOnnxMaxRank), kUnsupported (opset outside 13-21, unknown domain, ops kerf does not
+/// know: the message lists EVERY unsupported op type with the names of its nodes; a ReduceMean of opset
+/// 18+ with non-constant axes).
 Result<ir::Graph> import_onnx(const std::string& path, const OnnxImportOptions& opt = {});
 
 /// Same, from bytes already in memory; `base_dir` is where external data files are looked up.
