@@ -19,6 +19,7 @@
 #include "formats/artifact/pack.h"
 #include "formats/onnx/qdq_export.h"
 #include "kerf/xxh64.h"
+#include "quant/bpw.h"
 #include "quant/calib/calibrate.h"
 #include "quant/calib/mixed.h"
 #include "distill/checkpoint.h"
@@ -750,6 +751,7 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
     t0 = std::chrono::steady_clock::now();
     TargetResult tr;
     tr.name = prof.name;
+    tr.bpw = s.quant.bpw;
     tr.output_path = profiles.size() == 1 ? opt.output_path : (std::filesystem::path(opt.output_path) / (prof.name + ".kerf")).string();
     EmitOptions eo;
     eo.tokenizer = tokenizer;
@@ -773,6 +775,10 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
     if (tile_log2 >= 0) {
       const auto names = targets::cpu_only_tensors(plain, tr.placement);
       KERF_RETURN_IF_ERROR(tile_weights(uint32_t(tile_log2), std::set<std::string>(names.begin(), names.end()), &q, &tr.untiled));
+      size_t tiled = 0;
+      for (const auto& p : q.plan)
+        tiled += fmt::dtype_is_generic_quant(p.dtype) && fmt::qflags_layout(p.flags) == fmt::Layout::kTiled;
+      if (tiled == 0) tr.layout = "plain";  // every matrix is read by a gpu / npu op (or cannot be tiled)
       std::string untiled;
       for (const auto& [name, why] : tr.untiled) untiled += (untiled.empty() ? "" : "; ") + name + ": " + why;
       if (!untiled.empty()) eo.extra_meta["compile.untiled"] = untiled;
@@ -793,6 +799,21 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
         KERF_ASSIGN_OR_RETURN(npu_seqs, targets::tokenize_with_artifact(builder, texts, 256, 16384));
       }
       KERF_RETURN_IF_ERROR(targets::calibrate_npu(builder, prof, npu_seqs));
+    }
+    if (tr.placement.uses("npu")) {
+      // The npu's per-channel copies change what is stored: bits per weight over the same logical
+      // weights (EVAL.md), every stored matrix counted (a tied table and its npu copy both).
+      int64_t bits = 0;
+      std::set<std::string> planned;
+      for (const auto& p : s.quant.plan) planned.insert(p.name);
+      for (const artifact::TensorRecord& t : builder.tensors()) {
+        const std::string base = t.name.substr(0, t.name.find("@npu"));
+        if (t.shape.size() != 2 || !planned.count(base)) continue;
+        KERF_ASSIGN_OR_RETURN(int64_t b, quant::logical_bits(t.dtype, t.shape[0], t.shape[1], t.group_size, t.flags));
+        bits += b;
+      }
+      tr.bpw = s.quant.weight_count > 0 ? double(bits) / double(s.quant.weight_count) : 0;
+      builder.add_meta_float(fmt::meta::kBpw, tr.bpw);
     }
     if (opt.export_qdq && tr.placement.uses("npu")) {  // the npu partition for vendor toolchains
       QdqExportOptions qo;
@@ -908,7 +929,8 @@ std::string placement_text(const targets::Placement& p, const std::string& inden
   for (int ph = 1; ph >= 0; --ph) {
     os << indent << (ph ? "prefill" : "decode ") << " placement:";
     for (const auto& [u, n] : count[ph]) os << " " << u << " " << n << " ops";
-    std::snprintf(buf, sizeof buf, "; %zu transfers; modelled %.1f us\n", p.transfers[ph].size(), p.total_us[ph]);
+    std::snprintf(buf, sizeof buf, "; %zu transfers%s; modelled %.1f us\n", p.transfers[ph].size(),
+                  p.kv_handoff_us[ph] > 0 ? " + KV-cache handoffs" : "", p.total_us[ph]);
     os << buf;
   }
   for (const auto& n : p.notes) os << indent << "note: " << n << "\n";
@@ -969,11 +991,13 @@ std::string compile_summary_text(const CompileOptions& opt, const CompileSummary
     std::snprintf(buf, sizeof buf, "  %-40s %-20s (kept: %s, not counted in bpw)\n", p.name.c_str(), "f32", p.role.c_str());
     os << buf;
   }
-  std::snprintf(buf, sizeof buf, "  effective bits per weight: %.4f over %lld weights (EVAL.md)\n", s.quant.bpw,
+  std::snprintf(buf, sizeof buf, "  effective bits per weight: %.4f over %lld weights (EVAL.md; each target's own below)\n", s.quant.bpw,
                 static_cast<long long>(s.quant.weight_count));
   os << buf;
   for (const TargetResult& t : s.targets) {
-    os << "  target " << t.name << ": " << t.output_path << ", " << t.bytes << " bytes; cpu weight layout " << t.layout;
+    std::snprintf(buf, sizeof buf, "%.4f", t.bpw);
+    os << "  target " << t.name << ": " << t.output_path << ", " << t.bytes << " bytes, " << buf << " bpw; cpu weight layout "
+       << t.layout;
     os << "\n";
     for (const auto& [name, why] : t.untiled) os << "    not tiled: " << name << ": " << why << "\n";
     os << placement_text(t.placement, "    ");

@@ -68,6 +68,7 @@ struct TargetResult {
   std::string name;                  ///< profile name
   std::string output_path;           ///< the artifact written
   uint64_t bytes = 0;
+  double bpw = 0;                    ///< effective bits per weight of this artifact (EVAL.md; the npu's copies counted)
   std::string layout;                ///< "tiled4" or "plain" (cpu weights)
   std::vector<std::pair<std::string, std::string>> untiled;  ///< (weight, reason) left plain
   targets::Placement placement;      ///< per op: unit per phase, why; transfers; modelled time

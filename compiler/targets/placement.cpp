@@ -168,11 +168,10 @@ Result<Placement> place(const Program& prog, const DeviceProfile& profile, const
                                      : kInf;
   }
   const std::string policy[2] = {profile.decode, profile.prefill};
-  // The allowed units of op i in phase ph with the attention unit `au`.
-  auto allowed = [&](size_t i, int ph, int au) {
+  // The allowed units of op i in phase ph.
+  auto allowed = [&](size_t i, int ph) {
     std::vector<int> a;
     if (pin[i] >= 0) return std::vector<int>{pin[i]};
-    if (prog.ops[i].op == "Attention") return std::vector<int>{au};
     if (policy[ph] != "auto") {
       const int u = unit_index(policy[ph]);
       return std::vector<int>{why_not[i][size_t(u)].empty() ? u : 0};
@@ -181,98 +180,111 @@ Result<Placement> place(const Program& prog, const DeviceProfile& profile, const
       if (std::isfinite(cost[ph][i][size_t(u)])) a.push_back(u);
     return a;
   };
-  // Attention unit candidates: the policy's, else every unit that runs all Attention ops.
-  std::vector<int> att_units;
-  bool has_attention = false;
-  for (int u = 0; u < kUnits; ++u) {
-    bool ok = M.unit[u] != nullptr;
-    for (size_t i = 0; i < n && ok; ++i)
-      if (prog.ops[i].op == "Attention") {
-        has_attention = true;
-        ok = why_not[i][size_t(u)].empty() && (pin[i] < 0 || pin[i] == u);
-      }
-    if (ok) att_units.push_back(u);
-  }
-  std::string att_reason = "the unit that minimizes prefill + " + std::to_string(opt.decode_tokens) + " decode steps";
-  for (int ph : {0, 1})
-    if (policy[ph] != "auto") {
-      const int u = unit_index(policy[ph]);
-      if (std::find(att_units.begin(), att_units.end(), u) != att_units.end()) {
-        att_units = {u};
-        att_reason = "profile placement." + std::string(ph ? "prefill" : "decode") + " = " + policy[ph];
-      }
-      break;
+  // An Attention op on two units hands KV-cache rows to the unit about to run it (runtime-lite
+  // backend.h, lazily): per cycle of one prefill and D decode steps, the prefill's T rows reach the
+  // decode unit in one copy, and the D decode rows reach the prefill unit in one copy (when another
+  // prefill follows). K and V, f32.
+  const double D = double(opt.decode_tokens);
+  auto kv_cost = [&](size_t i, int from, int to, int ph) {
+    const ProgramOp& op = prog.ops[i];
+    const double rows = ph == 1 ? double(M.T[1]) : D;
+    const double bytes = rows * 2.0 * double(op.n_kv_heads * op.head_dim) * 4.0;
+    double bw = kInf, fixed = 0;
+    for (int u : {from, to}) {
+      bw = std::min(bw, M.unit[u]->bandwidth_gbs);
+      if (u != 0) fixed += M.unit[u]->transfer_us;
     }
-  if (att_units.empty()) att_units = {0};
-  if (!has_attention) att_units = {att_units.front()};
-
-  double best_total = kInf;
-  std::vector<int> best[2];
-  int best_au = 0;
-  for (int au : att_units) {
-    std::vector<int> a[2];
-    double tot[2];
-    for (int ph = 0; ph < 2; ++ph) {
-      a[ph].resize(n);
-      for (size_t i = 0; i < n; ++i) {
-        const auto al = allowed(i, ph, au);
-        a[ph][i] = *std::min_element(al.begin(), al.end(), [&](int x, int y) { return cost[ph][i][size_t(x)] < cost[ph][i][size_t(y)]; });
-      }
-      tot[ph] = M.simulate(a[ph], ph, nullptr, &cost[ph]);
-      for (int iter = 0; iter < 50; ++iter) {
-        bool improved = false;
-        for (size_t i = 0; i < n; ++i)
-          for (int u : allowed(i, ph, au)) {
-            if (u == a[ph][i]) continue;
-            const int old = a[ph][i];
-            a[ph][i] = u;
-            const double t = M.simulate(a[ph], ph, nullptr, &cost[ph]);
-            if (t < tot[ph] - 1e-9) {
-              tot[ph] = t;
-              improved = true;
-            } else {
-              a[ph][i] = old;
-            }
-          }
-        const size_t max_len = std::min<size_t>(n, 64);
-        for (int u = 0; u < kUnits; ++u) {
-          if (!M.unit[u]) continue;
-          for (size_t s = 0; s < n; ++s)
-            for (size_t len = 2; len <= max_len && s + len <= n; ++len) {
+    return fixed + bytes / (bw * 1e3);
+  };
+  auto handoff = [&](const std::vector<int>& a0, const std::vector<int>& a1) {
+    double h = 0;
+    for (size_t i = 0; i < n; ++i)
+      if (prog.ops[i].op == "Attention" && a0[i] != a1[i]) h += kv_cost(i, a1[i], a0[i], 1) + kv_cost(i, a0[i], a1[i], 0);
+    return h;
+  };
+  // The objective: one prefill + decode_tokens decode steps, transfers and handoffs included.
+  // Coordinate descent: each phase's local search (single ops, then contiguous ranges moved to one
+  // unit) with the other phase fixed, alternating until neither improves. The phases are coupled
+  // through the Attention handoffs, so the descent runs from two starts -- every op on its cheapest
+  // unit, and every op on the cpu where allowed -- and the better end point wins.
+  auto descend = [&](std::vector<int> (&a)[2]) {
+    auto phase_cost = [&](int ph, const std::vector<int>& x) {
+      return (ph == 1 ? 1.0 : D) * M.simulate(x, ph, nullptr, &cost[ph]) + (ph == 1 ? handoff(a[0], x) : handoff(x, a[1]));
+    };
+    for (int round = 0; round < 4; ++round) {
+      bool any = false;
+      for (int ph : {1, 0}) {
+        double tot = phase_cost(ph, a[ph]);
+        for (int iter = 0; iter < 50; ++iter) {
+          bool improved = false;
+          for (size_t i = 0; i < n; ++i)
+            for (int u : allowed(i, ph)) {
+              if (u == a[ph][i]) continue;
               std::vector<int> trial = a[ph];
-              bool changed = false;
-              for (size_t i = s; i < s + len; ++i) {
-                const auto al = allowed(i, ph, au);
-                if (std::find(al.begin(), al.end(), u) != al.end() && trial[i] != u) {
-                  trial[i] = u;
-                  changed = true;
-                }
-              }
-              if (!changed) continue;
-              const double t = M.simulate(trial, ph, nullptr, &cost[ph]);
-              if (t < tot[ph] - 1e-9) {
-                tot[ph] = t;
+              trial[i] = u;
+              const double t = phase_cost(ph, trial);
+              if (t < tot - 1e-9) {
+                tot = t;
                 a[ph] = trial;
                 improved = true;
               }
             }
+          const size_t max_len = std::min<size_t>(n, 64);
+          for (int u = 0; u < kUnits; ++u) {
+            if (!M.unit[u]) continue;
+            for (size_t st = 0; st < n; ++st)
+              for (size_t len = 2; len <= max_len && st + len <= n; ++len) {
+                std::vector<int> trial = a[ph];
+                bool changed = false;
+                for (size_t i = st; i < st + len; ++i) {
+                  const auto al = allowed(i, ph);
+                  if (std::find(al.begin(), al.end(), u) != al.end() && trial[i] != u) {
+                    trial[i] = u;
+                    changed = true;
+                  }
+                }
+                if (!changed) continue;
+                const double t = phase_cost(ph, trial);
+                if (t < tot - 1e-9) {
+                  tot = t;
+                  a[ph] = trial;
+                  improved = true;
+                }
+              }
+          }
+          if (!improved) break;
+          any = true;
         }
-        if (!improved) break;
       }
+      if (!any) break;
     }
-    const double total = tot[1] + double(opt.decode_tokens) * tot[0];
-    if (total < best_total) {
-      best_total = total;
-      best[0] = a[0];
-      best[1] = a[1];
-      best_au = au;
+    return M.simulate(a[1], 1, nullptr, &cost[1]) + D * M.simulate(a[0], 0, nullptr, &cost[0]) + handoff(a[0], a[1]);
+  };
+  std::vector<int> a[2], c[2];
+  for (int ph = 0; ph < 2; ++ph) {
+    a[ph].resize(n);
+    c[ph].resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      const auto al = allowed(i, ph);
+      a[ph][i] = *std::min_element(al.begin(), al.end(), [&](int x, int y) { return cost[ph][i][size_t(x)] < cost[ph][i][size_t(y)]; });
+      c[ph][i] = std::find(al.begin(), al.end(), 0) != al.end() ? 0 : al.front();
     }
   }
+  if (descend(c) < descend(a)) {
+    a[0] = c[0];
+    a[1] = c[1];
+  }
+  const std::vector<int>* best = a;
+  pl.kv_handoff_us[1] = pl.kv_handoff_us[0] = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (prog.ops[i].op == "Attention" && a[0][i] != a[1][i]) {
+      pl.kv_handoff_us[1] += kv_cost(i, a[1][i], a[0][i], 1);
+      pl.kv_handoff_us[0] += kv_cost(i, a[0][i], a[1][i], 0);
+    }
 
-  pl.attention_unit = kUnitNames[best_au];
   pl.ops.resize(n);
   for (int ph = 0; ph < 2; ++ph) {
-    pl.total_us[ph] = M.simulate(best[ph], ph, &pl.transfers[ph], &cost[ph]);
+    pl.total_us[ph] = M.simulate(best[ph], ph, &pl.transfers[ph], &cost[ph]) + pl.kv_handoff_us[ph];
     for (size_t i = 0; i < n; ++i) {
       OpPlacement& p = pl.ops[i];
       const int u = best[ph][i];
@@ -288,8 +300,6 @@ Result<Placement> place(const Program& prog, const DeviceProfile& profile, const
         why = "only the cpu runs it";
         for (int k = 1; k < kUnits; ++k)
           if (M.unit[k]) why += "; " + why_not[i][size_t(k)];
-      } else if (prog.ops[i].op == "Attention") {
-        why = "KV cache on the " + pl.attention_unit + " (" + att_reason + ")";
       } else if (policy[ph] != "auto") {
         why = "profile placement." + std::string(ph ? "prefill" : "decode") + " = " + policy[ph];
       } else {
@@ -298,6 +308,10 @@ Result<Placement> place(const Program& prog, const DeviceProfile& profile, const
         for (size_t k = 0; k < cand.size(); ++k)
           why += std::string(k ? " <" : "") + " " + kUnitNames[cand[k]] + " " + us(cost[ph][i][size_t(cand[k])]);
         if (cand[0] != u) why += "; on the " + std::string(kUnitNames[u]) + " to save transfers";
+      }
+      if (prog.ops[i].op == "Attention" && best[0][i] != best[1][i]) {
+        why += std::string("; its KV cache rows are handed to the ") + kUnitNames[best[1 - ph][i]] + " when it next runs " +
+               (ph ? "a decode step" : "a prefill");
       }
       p.why[ph] = why;
     }

@@ -10,11 +10,13 @@
 //   a value consumed on another unit than the one that produced it costs a transfer:
 //   transfer_us of the non-CPU side(s) + bytes / min(bandwidths) (runtime-lite moves device-to-
 //   device values through the CPU, so such a move costs both).
-// Search: Attention ops keep one unit in both phases (their KV cache lives there); for each unit
-// that can run Attention, each phase starts from the per-op cheapest supported unit and improves the
-// exact total (simulated with runtime-lite's residency rule, runtime-lite/src/backend.h) by single-
-// op and contiguous-range moves until nothing improves; the attention unit minimizing
-// prefill + decode_tokens x decode wins.
+//   an Attention op on different units in the two phases hands KV-cache rows over before it runs on
+//   the unit that lacks them: per prefill + decode_tokens cycle, one copy of the prefill's rows and
+//   one of the decode steps' rows (the same transfer cost).
+// Search: the objective is one prefill + decode_tokens decode steps. Each phase starts from the
+// per-op cheapest supported unit; coordinate descent then improves one phase with the other fixed
+// (the exact total, simulated with runtime-lite's residency rule, runtime-lite/src/backend.h, plus
+// the KV handoffs), by single-op and contiguous-range moves, alternating until neither improves.
 #pragma once
 
 #include <map>
@@ -73,10 +75,11 @@ struct Transfer {
 
 struct Placement {
   std::vector<OpPlacement> ops;
-  double total_us[2] = {0, 0};             ///< modelled time per phase, transfers included
+  double total_us[2] = {0, 0};             ///< modelled time per phase, transfers and KV handoffs included
   std::vector<Transfer> transfers[2];      ///< per phase, in execution order
   std::vector<std::string> notes;          ///< pins that could not be honoured (non-strict), policy notes
-  std::string attention_unit;              ///< the unit all Attention ops share
+  double kv_handoff_us[2] = {0, 0};        ///< modelled KV-cache handoffs (Attention on two units): [1] the
+                                           ///< prefill's rows to the decode unit, [0] decode_tokens rows back
   bool uses(const std::string& unit) const;
 };
 

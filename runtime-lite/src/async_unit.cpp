@@ -66,6 +66,12 @@ class AsyncUnit final : public DeviceBackend {
     cv_.notify_all();
     return KERF_OK;
   }
+  int kv_rows(size_t i, int64_t pos0, int64_t T, float* k, float* v, bool write, std::string* err) override {
+    if (const int rc = wait(err); rc != KERF_OK) return rc;
+    const int rc = inner_->kv_rows(i, pos0, T, k, v, write, err);
+    sync_stats();
+    return rc;
+  }
   int finish(std::string* err) override {
     if (const int rc = wait(err); rc != KERF_OK) return rc;
     const int rc = inner_->finish(err);

@@ -5,7 +5,9 @@
 // Placement (formats/SPEC.md section 7.3): every op of the program carries a Backend in its OpEntry
 // (the decode placement, used when kerf_session_eval runs one token) and the metadata key
 // "placement.prefill" may give another unit per op for evaluations of more than one token. An
-// Attention op has the same unit in both (its KV cache lives there).
+// Attention op whose two units differ keeps a KV cache on each: before an evaluation runs it on one
+// unit, the executor copies over the rows the other unit appended since (kv_rows), so either phase
+// attends over every position.
 //
 // Residency. The executor keeps, per activation value, the set of units holding a valid copy. An
 // op placed on unit U runs only when all of its value inputs are valid on U; otherwise the executor
@@ -71,6 +73,13 @@ class DeviceBackend {
 
   /// Waits for everything enqueued (before timing is read, and at the end of an evaluation).
   virtual int finish(std::string* err) = 0;
+
+  /// KV-cache handoff of Attention op `i` (placed on this unit in some phase): rows [pos0, pos0 + T)
+  /// of its K and V caches as f32 [T, G*Dh], read into k / v (`write` false; waits for pending
+  /// work) or written from them (`write` true; the NPU quantizes with the k / v values' static
+  /// scales). The executor calls it when an Attention op's prefill and decode units differ, before
+  /// the op runs on the unit that lacks rows. Counted as transfers in `stats`.
+  virtual int kv_rows(size_t i, int64_t pos0, int64_t T, float* k, float* v, bool write, std::string* err) = 0;
 
   UnitStats stats;
 };

@@ -544,12 +544,87 @@ int make_resident(kerf_session* s, uint32_t v, fmt::Backend u, int64_t T) {
   return KERF_OK;
 }
 
+/// Rows [pos0, pos0 + T) of the CPU's KV cache of Attention op `op` to / from f32 [T, G*Dh] (the
+/// fast path keeps it head-major [G][n_ctx][Dh], f32 or f16; the reference path position-major f32).
+void cpu_kv_rows(kerf_session* s, const OpInfo& op, int64_t pos0, int64_t T, float* k, float* v, bool write) {
+  const int64_t Dh = op.head_dim, G = op.n_kv_heads, kvw = G * Dh;
+  void* kc = s->kcache[size_t(op.kv_slot)].p;
+  void* vc = s->vcache[size_t(op.kv_slot)].p;
+  if (s->reference) {
+    float* kf = static_cast<float*>(kc) + pos0 * kvw;
+    float* vf = static_cast<float*>(vc) + pos0 * kvw;
+    if (write) {
+      std::memcpy(kf, k, size_t(T * kvw) * sizeof(float));
+      std::memcpy(vf, v, size_t(T * kvw) * sizeof(float));
+    } else {
+      std::memcpy(k, kf, size_t(T * kvw) * sizeof(float));
+      std::memcpy(v, vf, size_t(T * kvw) * sizeof(float));
+    }
+    return;
+  }
+  const KVView kv{kc, vc, s->kv_f16, G, Dh, s->n_ctx};
+  if (write) {
+    kv_store(kv, k, v, T, pos0);
+    return;
+  }
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t at = (g * s->n_ctx + pos0 + t) * Dh, to = t * kvw + g * Dh;
+      for (int64_t d = 0; d < Dh; ++d) {
+        k[to + d] = s->kv_f16 ? fmt::f16_to_f32(static_cast<const uint16_t*>(kc)[at + d]) : static_cast<const float*>(kc)[at + d];
+        v[to + d] = s->kv_f16 ? fmt::f16_to_f32(static_cast<const uint16_t*>(vc)[at + d]) : static_cast<const float*>(vc)[at + d];
+      }
+    }
+}
+
+/// KV-cache handoff (backend.h): an Attention op whose prefill and decode units differ has a cache
+/// on each. Before an evaluation runs it on unit u, the rows [valid_u, pos0) that the other unit
+/// appended since u last ran are copied over (lazily: a run of decode steps reaches the prefill
+/// unit in one copy, at the next prefill, if there is one); afterwards u holds [0, pos0 + T).
+int sync_kv(kerf_session* s, int64_t T, int64_t pos0, int ph) {
+  const kerf_model* m = s->model;
+  s->kv_valid.resize(size_t(m->n_attention));
+  for (const OpInfo& op : m->ops) {
+    if (op.op != OpCode::kAttention) continue;
+    const fmt::Backend to = unit_of(s, op, ph), from = unit_of(s, op, 1 - ph);
+    if (from == to) continue;
+    int64_t* valid = s->kv_valid[size_t(op.kv_slot)].data();
+    for (uint32_t u = 0; u < fmt::kBackendCount; ++u) valid[u] = std::min(valid[u], pos0);  // a reset rewinds
+    const int64_t r0 = valid[uint32_t(to)], rows = pos0 - r0;
+    if (rows > 0) {
+      const size_t n = size_t(rows * op.n_kv_heads * op.head_dim);
+      FloatBuf buf;
+      if (!buf.reserve(2 * n)) {
+        s->last_error = "out of memory for the KV-cache handoff of '" + std::string(op.name) + "'";
+        return KERF_ERR_MEMORY;
+      }
+      float *k = buf.p, *v = buf.p + n;
+      std::string why;
+      const auto t0 = Clock::now();
+      int rc = from == fmt::Backend::kCpu ? (cpu_kv_rows(s, op, r0, rows, k, v, false), KERF_OK)
+                                          : s->dev[uint32_t(from)]->kv_rows(op.index, r0, rows, k, v, false, &why);
+      if (rc == KERF_OK)
+        rc = to == fmt::Backend::kCpu ? (cpu_kv_rows(s, op, r0, rows, k, v, true), KERF_OK)
+                                      : s->dev[uint32_t(to)]->kv_rows(op.index, r0, rows, k, v, true, &why);
+      if (rc != KERF_OK) {
+        s->last_error = "KV-cache handoff of '" + std::string(op.name) + "' from the " + fmt::backend_name(from) +
+                        " to the " + fmt::backend_name(to) + ": " + why;
+        return rc;
+      }
+      s->cpu_stats.transfer_ns += ns_since(t0);
+    }
+    valid[uint32_t(to)] = pos0 + T;
+  }
+  return KERF_OK;
+}
+
 /// Runs every op of the program on its unit (prefill placement when T > 1), moving values between
 /// units as backend.h describes; the program output ends on the CPU.
 int run_program(kerf_session* s, const Exec& e, int64_t T, int64_t pos0) {
   const kerf_model* m = s->model;
   const int ph = T > 1 ? 1 : 0;
   std::fill(s->where.begin(), s->where.end(), uint8_t(0));
+  if (const int rc = sync_kv(s, T, pos0, ph); rc != KERF_OK) return rc;
   for (size_t i = 0; i < m->ops.size(); ++i) {
     const OpInfo& op = m->ops[i];
     const fmt::Backend u = unit_of(s, op, ph);

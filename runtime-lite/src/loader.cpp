@@ -465,8 +465,8 @@ int Loader::program() {
   return placement();
 }
 
-// placement.prefill (SPEC section 7.3): one Backend byte per op for evaluations of T > 1 tokens; an
-// Attention op keeps its unit (its KV cache lives there).
+// placement.prefill (SPEC section 7.3): one Backend byte per op for evaluations of T > 1 tokens (an
+// Attention op on two units keeps a KV cache on each, backend.h).
 int Loader::placement() {
   const MetaInfo* pm = m->find_meta(fmt::meta::kPlacementPrefill);
   if (pm) {
@@ -481,11 +481,6 @@ int Loader::placement() {
         return fail(KERF_ERR_CORRUPT, strf("metadata '%s': op #%zu '%.*s': unknown backend %u", fmt::meta::kPlacementPrefill,
                                            i, nl, op.name.data(), unsigned(b)));
       op.unit[1] = fmt::Backend(b);
-      if (op.op == fmt::OpCode::kAttention && op.unit[1] != op.unit[0])
-        return fail(KERF_ERR_CORRUPT, strf("metadata '%s': Attention op #%zu '%.*s' is placed on %s for prefill but %s "
-                                           "for decode (its KV cache must stay on one unit)",
-                                           fmt::meta::kPlacementPrefill, i, nl, op.name.data(),
-                                           fmt::backend_name(op.unit[1]), fmt::backend_name(op.unit[0])));
     }
   }
   for (const OpInfo& op : m->ops)

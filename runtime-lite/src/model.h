@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -61,7 +62,7 @@ struct OpInfo {
   int64_t head_dim = 0, n_heads = 0, n_kv_heads = 0, interleaved = 1, causal = 1, activation = 1;
   int kv_slot = -1;  ///< Attention: index of its KV cache in the session
   /// Compute unit: [0] decode (OpEntry.backend, T == 1), [1] prefill (metadata placement.prefill,
-  /// T > 1; = [0] when absent). An Attention op has the same unit in both.
+  /// T > 1; = [0] when absent). An Attention op on two units has a KV cache on each (backend.h).
   fmt::Backend unit[2] = {fmt::Backend::kCpu, fmt::Backend::kCpu};
 };
 
@@ -210,4 +211,6 @@ struct kerf_session {
   std::vector<uint8_t> where;                      ///< per value: bit u set = valid on unit u (this eval)
   kerf::rt::UnitStats cpu_stats;                   ///< the CPU's ops and run time
   std::string last_error;                          ///< message of the last failed kerf_session_eval
+  std::vector<std::array<int64_t, kerf::fmt::kBackendCount>> kv_valid;  ///< per Attention on two units:
+                                                   ///< rows [0, n) each unit's KV cache holds (sync_kv)
 };

@@ -504,6 +504,7 @@ class NpuBackend final : public DeviceBackend {
   int download(uint32_t v, float* host, int64_t T, std::string* err) override;
   int run(size_t i, int64_t T, int64_t pos0, std::string* err) override;
   int finish(std::string*) override { return KERF_OK; }
+  int kv_rows(size_t i, int64_t pos0, int64_t T, float* k, float* v, bool write, std::string* err) override;
 
   int codes(uint32_t v, int64_t T, int16_t* out, std::string* err) const;
 
@@ -866,6 +867,34 @@ int NpuBackend::download(uint32_t v, float* host, int64_t T, std::string* err) {
   for (int64_t k = 0; k < n; ++k) host[k] = float(src[k]) * vs.scale;
   stats.downloads += 1;
   stats.download_bytes += uint64_t(n) * sizeof(float);
+  stats.transfer_ns += ns_since(t0);
+  return KERF_OK;
+}
+
+// The KV caches hold the k and v values' codes (their static scales): a handoff converts like a
+// value transfer (docs/npu-arithmetic.md section 3).
+int NpuBackend::kv_rows(size_t i, int64_t pos0, int64_t T, float* k, float* v, bool write, std::string* err) {
+  if (!m_ || i >= ops_.size() || !ops_[i].on || m_->ops[i].op != OpCode::kAttention || !k || !v || T < 1 || pos0 < 0 ||
+      pos0 + T > n_ctx_) {
+    *err = "kv_rows: bad arguments (an Attention op on the NPU; rows within n_ctx)";
+    return KERF_ERR_ARGUMENT;
+  }
+  const auto t0 = Clock::now();
+  const OpInfo& op = m_->ops[i];
+  const int64_t kvw = op.n_kv_heads * op.head_dim, n = T * kvw;
+  for (int c = 0; c < 2; ++c) {
+    const ValState& vs = vals_[op.inputs[size_t(1 + c)]];
+    int16_t* cache = (c == 0 ? ops_[i].kc : ops_[i].vc).as<int16_t>() + pos0 * kvw;
+    float* host = c == 0 ? k : v;
+    if (write) {
+      const int32_t qmax = qmax_of(vs.bits);
+      for (int64_t j = 0; j < n; ++j) cache[j] = quantize_value(host[j], vs.scale, qmax);
+    } else {
+      for (int64_t j = 0; j < n; ++j) host[j] = float(cache[j]) * vs.scale;
+    }
+  }
+  if (write) stats.uploads += 2, stats.upload_bytes += uint64_t(2 * n) * sizeof(float);
+  else stats.downloads += 2, stats.download_bytes += uint64_t(2 * n) * sizeof(float);
   stats.transfer_ns += ns_since(t0);
   return KERF_OK;
 }

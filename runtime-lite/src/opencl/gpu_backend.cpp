@@ -235,6 +235,7 @@ class GpuBackend final : public DeviceBackend {
   int download(uint32_t v, float* host, int64_t T, std::string* err) override;
   int run(size_t i, int64_t T, int64_t pos0, std::string* err) override;
   int finish(std::string* err) override;
+  int kv_rows(size_t i, int64_t pos0, int64_t T, float* k, float* v, bool write, std::string* err) override;
 
  private:
   struct Weight {
@@ -925,6 +926,42 @@ int GpuBackend::download(uint32_t v, float* host, int64_t T, std::string* err) {
   }
   stats.downloads += 1;
   stats.download_bytes += bytes;
+  stats.transfer_ns += now_ns() - t1;
+  return KERF_OK;
+}
+
+int GpuBackend::kv_rows(size_t i, int64_t pos0, int64_t T, float* k, float* v, bool write, std::string* err) {
+  const uint64_t t0 = now_ns();
+  if (!m_ || i >= ops_.size() || ops_[i].kv < 0 || !k || !v || T < 1 || pos0 < 0 || pos0 + T > n_ctx_) {
+    *err = "kv_rows: bad arguments (an Attention op on this unit; rows within n_ctx)";
+    return KERF_ERR_ARGUMENT;
+  }
+  // The device caches are head-major [G][n_ctx][Dh] (k_kv_store); the host rows [T][G*Dh]: one
+  // rectangular copy per KV head.
+  const OpInfo& op = m_->ops[i];
+  const size_t G = size_t(op.n_kv_heads), Dh = size_t(op.head_dim), bytes = 2 * size_t(T) * G * Dh * 4;
+  uint64_t t1 = t0;
+  if (const int rc = drain(&t1, err); rc != KERF_OK) return rc;
+  for (int c = 0; c < 2; ++c) {
+    cl_mem mem = (c == 0 ? kcache_ : vcache_)[size_t(ops_[i].kv)].m;
+    float* host = c == 0 ? k : v;
+    for (size_t g = 0; g < G; ++g) {
+      const size_t dev_origin[3] = {(g * size_t(n_ctx_) + size_t(pos0)) * Dh * 4, 0, 0};
+      const size_t host_origin[3] = {g * Dh * 4, 0, 0};
+      const size_t region[3] = {Dh * 4, size_t(T), 1};
+      const cl_int rc =
+          write ? clEnqueueWriteBufferRect(queue_, mem, CL_TRUE, dev_origin, host_origin, region, Dh * 4, 0, G * Dh * 4, 0,
+                                           host, 0, nullptr, nullptr)
+                : clEnqueueReadBufferRect(queue_, mem, CL_TRUE, dev_origin, host_origin, region, Dh * 4, 0, G * Dh * 4, 0,
+                                          host, 0, nullptr, nullptr);
+      if (rc != CL_SUCCESS) {
+        *err = op_label(i) + ": KV cache handoff: " + cl_fail(write ? "clEnqueueWriteBufferRect" : "clEnqueueReadBufferRect", rc);
+        return status_of(rc);
+      }
+    }
+  }
+  if (write) stats.uploads += 2, stats.upload_bytes += bytes;
+  else stats.downloads += 2, stats.download_bytes += bytes;
   stats.transfer_ns += now_ns() - t1;
   return KERF_OK;
 }
