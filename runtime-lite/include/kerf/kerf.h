@@ -122,7 +122,9 @@ int kerf_session_threads(const kerf_session* s);
 #define KERF_KV_F16 1 /* IEEE half, round to nearest even: half the memory; K and V lose precision
                          (relative 2^-11 per element), which moves stories260K's logits by ~6e-4 of
                          the largest |logit| (tests/runtime/test_executor.cpp bounds it by 2e-3) */
-/* Reallocates the KV caches with elements of `type` and empties them (position 0).
+/* Reallocates the KV caches with elements of `type` and empties them (position 0). This is the CPU's
+ * cache: Attention ops placed on the GPU keep f32 caches on the device, and those on the NPU keep
+ * their integer codes (docs/npu-arithmetic.md), whatever the type.
  * KERF_ERR_ARGUMENT for NULL or an unknown type; KERF_ERR_MEMORY when the new caches cannot be
  * allocated (the session is then unchanged). */
 int kerf_session_set_kv_type(kerf_session* s, int type);
