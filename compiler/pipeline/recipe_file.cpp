@@ -137,14 +137,7 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
   r.source_text = text;
   r.hash = xxh64(text.data(), text.size(), 0);
   YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::ParserException& e) {
-    return BadInput(label + ": YAML syntax error at line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
-  } catch (const YAML::Exception& e) {
-    return BadInput(label + ": " + e.what());
-  }
-  if (!root.IsMap()) return BadInput(label + ": a recipe must be a YAML mapping");
+  KERF_RETURN_IF_ERROR(yaml::load_mapping(text, label, "recipe", &root));
   try {
     KERF_RETURN_IF_ERROR(check_keys(c, root, "",
                                     {"name", "description", "calibration", "default", "gptq", "awq", "tensors", "mixed", "qad", "prune", "distill", "strict",

@@ -18,6 +18,20 @@ struct Ctx {
   Status err(const std::string& key, const std::string& what) const { return BadInput(label + ": " + key + ": " + what); }
 };
 
+/// Parses `text` into *root, which must be a mapping ("LABEL: a WHAT must be a YAML mapping");
+/// syntax errors name the line.
+inline Status load_mapping(const std::string& text, const std::string& label, const std::string& what, YAML::Node* root) {
+  try {
+    *root = YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    return BadInput(label + ": YAML syntax error at line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  } catch (const YAML::Exception& e) {
+    return BadInput(label + ": " + e.what());
+  }
+  if (!root->IsMap()) return BadInput(label + ": a " + what + " must be a YAML mapping");
+  return Status::Ok();
+}
+
 /// `n` must be a mapping whose keys are all in `known` ("where.k: unknown key (known: a, b)").
 inline Status check_keys(const Ctx& c, const YAML::Node& n, const std::string& where, const std::set<std::string>& known) {
   if (!n.IsMap()) return c.err(where, "must be a mapping (line " + std::to_string(n.Mark().line + 1) + ")");

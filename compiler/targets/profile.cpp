@@ -130,14 +130,7 @@ const UnitProfile* DeviceProfile::unit(const std::string& n) const {
 Result<DeviceProfile> parse_profile(const std::string& text, const std::string& label, const std::string& expected_name) {
   Ctx c{label, "field"};
   YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::ParserException& e) {
-    return BadInput(label + ": YAML syntax error at line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
-  } catch (const YAML::Exception& e) {
-    return BadInput(label + ": " + e.what());
-  }
-  if (!root.IsMap()) return BadInput(label + ": a device profile must be a YAML mapping");
+  KERF_RETURN_IF_ERROR(pipeline::yaml::load_mapping(text, label, "device profile", &root));
   DeviceProfile p;
   p.yaml = text;
   try {
