@@ -746,6 +746,17 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   // Per device: placement, the device's weight forms (tiled for the cpu, per-channel ints for the
   // npu, plain for the gpu), the npu's static scales, then the artifact and its manifest. The
   // import, pruning, distillation and calibrated quantization above are shared by every target.
+  // The program the placement pass reads is the same for every target: built once from the plain
+  // (untiled) weights; the payloads are dropped at once (only the ops and tensor names are used).
+  artifact::ArtifactBuilder plain;
+  {
+    EmitOptions eo;
+    eo.tokenizer = tokenizer;
+    eo.target = profiles.front().name;
+    KERF_ASSIGN_OR_RETURN(plain, build_artifact(lifted, s.quant, eo));
+  }
+  const targets::Program program = targets::program_of(plain);
+  for (artifact::TensorRecord& t : plain.tensors()) std::vector<uint8_t>().swap(t.payload);
   for (size_t ti = 0; ti < profiles.size(); ++ti) {
     const targets::DeviceProfile& prof = profiles[ti];
     t0 = std::chrono::steady_clock::now();
@@ -761,13 +772,12 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
     eo.producer_version = opt.producer_version;
     eo.bpw_budget = s.mixed_budget;
     eo.extra_meta = extra_meta;
-    // 1. placement on the plain program
-    KERF_ASSIGN_OR_RETURN(artifact::ArtifactBuilder plain, build_artifact(lifted, s.quant, eo));
+    // 1. placement
     targets::PlaceOptions po;
     po.pins = opt.place_pins;
     if (have_recipe) po.pins.insert(po.pins.end(), recipe.placement.begin(), recipe.placement.end());
     po.strict = opt.strict || (have_recipe && recipe.strict);
-    KERF_ASSIGN_OR_RETURN(tr.placement, targets::place(targets::program_of(plain), prof, po));
+    KERF_ASSIGN_OR_RETURN(tr.placement, targets::place(program, prof, po));
     // 2. weight layouts: the cpu's tiled layout for weights only cpu ops read
     quant::QuantizedModel q = s.quant;
     const int tile_log2 = prof.cpu.kernels == "plain" ? -1 : 2;
