@@ -9,6 +9,7 @@
 #include "kerf/format.h"
 #include "kerf/kerf.h"
 #include "kerf/npu_calibrate.h"
+#include "quant/qspec.h"
 
 namespace kerf::targets {
 namespace {
@@ -109,18 +110,18 @@ std::vector<std::string> cpu_only_tensors(const artifact::ArtifactBuilder& b, co
 Result<artifact::TensorRecord> quantize_npu_weight(const std::string& name, const float* w, int64_t rows, int64_t cols,
                                                    int bits) {
   if (bits != 4 && bits != 8) return InvalidArgument(name + ": npu weights are 4 or 8 bits, not " + std::to_string(bits));
-  const int qmax = (1 << (bits - 1)) - 1, offset = 1 << (bits - 1);
-  const uint32_t flags = fmt::make_qflags(uint32_t(bits), fmt::ScaleFormat::kF16);
-  artifact::TensorRecord t;
-  t.name = name;
-  t.dtype = fmt::DType::kQSym;
-  t.shape = {rows, cols};
-  t.group_size = uint32_t(cols);
-  t.flags = flags;
-  const uint64_t row_bytes = fmt::qcode_row_bytes(fmt::DType::kQSym, uint64_t(cols), flags);
-  t.payload.assign(fmt::quant_payload_bytes(fmt::DType::kQSym, uint64_t(rows), uint64_t(cols), uint32_t(cols), flags), 0);
-  uint8_t* scales = t.payload.data() + row_bytes * uint64_t(rows);
-  std::vector<int> q(static_cast<size_t>(cols)), best_q(static_cast<size_t>(cols));
+  const int qmax = (1 << (bits - 1)) - 1;
+  // The codes and per-row scales are chosen here; quant::pack (quant/qspec.h) lays them out as the
+  // kQSym payload (one group per row, fp16 scales).
+  auto spec = quant::parse_qspec("int" + std::to_string(bits) + "_sym:row");
+  if (!spec.ok()) return spec.status();
+  quant::Unpacked u;
+  u.spec = *spec;
+  u.rows = rows;
+  u.cols = cols;
+  u.codes.resize(size_t(rows * cols));
+  u.params.resize(size_t(rows));
+  std::vector<int16_t> q(static_cast<size_t>(cols));
   for (int64_t r = 0; r < rows; ++r) {
     const float* wr = w + r * cols;
     float amax = 0;
@@ -129,37 +130,36 @@ Result<artifact::TensorRecord> quantize_npu_weight(const std::string& name, cons
         return BadInput(name + ": weight at row " + std::to_string(r) + ", col " + std::to_string(c) + " is not finite");
       amax = std::max(amax, std::fabs(wr[c]));
     }
-    uint16_t best_s = 0;
+    float best_s = 0;
     double best_err = INFINITY;
     for (int step = 0; step <= 20; ++step) {
       const float ratio = 1.0f - 0.01f * float(step);
-      const uint16_t sh = fmt::f32_to_f16(amax * ratio / float(qmax));
-      const float s = fmt::f16_to_f32(sh);
+      const float s = fmt::f16_to_f32(fmt::f32_to_f16(amax * ratio / float(qmax)));
       double err = 0;
       for (int64_t c = 0; c < cols; ++c) {
         int v = s > 0 ? int(std::lround(wr[c] / s)) : 0;
         v = std::min(qmax, std::max(-qmax, v));
-        q[size_t(c)] = v;
+        q[size_t(c)] = int16_t(v);
         const double d = double(wr[c]) - double(s * float(v));
         err += d * d;
       }
       if (err < best_err) {
         best_err = err;
-        best_s = sh;
-        best_q = q;
+        best_s = s;
+        std::copy(q.begin(), q.end(), u.codes.begin() + r * cols);
       }
       if (amax == 0) break;
     }
-    uint8_t* row = t.payload.data() + row_bytes * uint64_t(r);
-    for (int64_t c = 0; c < cols; ++c) {
-      const uint32_t u = uint32_t(best_q[size_t(c)] + offset);
-      const uint64_t bit = uint64_t(c) * uint64_t(bits);
-      for (int k = 0; k < bits; ++k)
-        if (u & (1u << k)) row[(bit + uint64_t(k)) / 8] |= uint8_t(1u << ((bit + uint64_t(k)) % 8));
-    }
-    scales[2 * r] = uint8_t(best_s & 0xff);
-    scales[2 * r + 1] = uint8_t(best_s >> 8);
+    u.params[size_t(r)].scale = best_s;
   }
+  KERF_ASSIGN_OR_RETURN(quant::QuantTensor qt, quant::pack(u));
+  artifact::TensorRecord t;
+  t.name = name;
+  t.dtype = qt.dtype;
+  t.shape = {rows, cols};
+  t.group_size = uint32_t(qt.group_size);
+  t.flags = qt.flags;
+  t.payload = std::move(qt.payload);
   return t;
 }
 
