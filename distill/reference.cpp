@@ -2,6 +2,8 @@
 #include "distill/reference.h"
 #include "distill/reference_torch.h"
 
+#include "distill/attention_train.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -202,6 +204,7 @@ struct RunCtx {
   int64_t opset;
   const ReferenceExecutor::Observer* observer = nullptr;  // set while running an observed step
   size_t step_index = 0;
+  bool training = false;     // forward_train: fused causal attention (distill/attention_train.h)
 };
 
 void observe(RunCtx& c, const std::string& node_name, const char* what, const at::Tensor& t) {
@@ -652,6 +655,12 @@ void op_attention(RunCtx& c, const Step& s, const Tensors& in, Tensors& out) {
     fail("shapes q " + c10::str(q.sizes()) + ", k " + c10::str(k.sizes()) + ", v " + c10::str(v.sizes()) +
          " do not match n_heads " + std::to_string(H) + ", n_kv_heads " + std::to_string(G) + ", head_dim " +
          std::to_string(dh));
+  if (c.training && causal && !c.staged[s.cache].k.defined() && q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
+      v.scalar_type() == at::kFloat && H % G == 0) {
+    // Training forward from position 0: no score tensors materialized, custom backward.
+    out[0] = causal_gqa_attention(q, k, v, H, G, dh, scale);
+    return;
+  }
   at::Tensor qh = q.view({B, T, H, dh}).transpose(1, 2);                 // [B, H, T, Dh]
   at::Tensor kh = k.reshape({B, T, G, dh}).transpose(1, 2);              // [B, G, T, Dh]
   at::Tensor vh = v.reshape({B, T, G, dh}).transpose(1, 2);
@@ -797,6 +806,7 @@ struct ReferenceExecutor::Impl {
   std::vector<bool> observed;                 // per step
   size_t prefix_steps = 0;                    // > 0 while forward_prefix runs
   std::vector<bool> pinned;                   // per slot: not released after its last reader (forward_train taps)
+  bool training = false;                      // inside forward_train
 
   // Runs steps 0..n_steps-1 on `env`; `staged` caches are updated (caller decides to commit).
   Status run_steps(std::vector<at::Tensor>& env, std::vector<KV>& staged, size_t n_steps);
@@ -1018,6 +1028,7 @@ Result<std::vector<ir::Tensor>> ReferenceExecutor::run(const std::map<std::strin
 
 Status ReferenceExecutor::Impl::run_steps(std::vector<at::Tensor>& env, std::vector<KV>& staged, size_t n_steps) {
   RunCtx ctx{cached_tokens(), staged, opset};
+  ctx.training = training;
   Tensors in, out;
   for (size_t i = 0; i < n_steps && i < steps.size(); ++i) {
     const Step& st = steps[i];
@@ -1201,7 +1212,9 @@ struct TrainAccess {
       m.caches.assign(saved.size(), KV{});  // positions start at 0
       m.pinned.assign(m.slot_names.size(), false);
       for (int s : tap_slots) m.pinned[static_cast<size_t>(s)] = true;
+      m.training = true;
       Status st = m.run_steps(env, staged, m.steps.size());
+      m.training = false;
       m.pinned.clear();
       m.caches = std::move(saved);
       if (!st.ok()) return st;
@@ -1212,6 +1225,7 @@ struct TrainAccess {
       return out;
     } catch (const c10::Error& e) {
       m.pinned.clear();
+      m.training = false;
       return Internal(std::string("forward_train: ") + e.what_without_backtrace());
     }
   }
