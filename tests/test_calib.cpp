@@ -134,6 +134,19 @@ TEST_CASE("recipes: every example parses; errors name the key and line", "[calib
   CHECK_THAT(bad("default: {precision: int4_sym, rule: twn}"), Catch::Contains("twn"));
   CHECK_THAT(bad("name: [unclosed\n"), Catch::Contains("line"));
   CHECK_THAT(bad("calibration: {stories: \"9:3\"}"), Catch::Contains("calibration.stories"));
+  CHECK_THAT(bad("qad: {steps: 10, teacher_samples: -1}"), Catch::Contains("qad.teacher_samples"));
+  CHECK_THAT(bad("qad: {steps: 10, hidden_weight: -0.5}"), Catch::Contains("qad.hidden_weight"));
+  CHECK_THAT(bad("qad: {steps: 10, teacher_sample: 5}"), Catch::Contains("teacher_sample") && Catch::Contains("unknown key"));
+  {
+    // qad: and distill: keep their own teacher-sample counts.
+    auto r = pipeline::parse_recipe_text("qad: {steps: 10, teacher_samples: 300, hidden_weight: 0.5}\ndistill: {steps: 20, teacher_samples: 7}\n", "q.yaml");
+    INFO(r.status().to_string());
+    REQUIRE(r.ok());
+    CHECK(r->qad_teacher_samples == 300);
+    CHECK(r->qad_options.hidden_weight == 0.5);
+    CHECK(r->teacher_samples == 7);
+    CHECK(r->distill_options.steps == 20);
+  }
 
   // Roles.
   quant::WeightUse emb{"model.embed.weight", "embed", true, true, 512, 64};

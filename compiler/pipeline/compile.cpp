@@ -140,14 +140,18 @@ Result<Recipe> effective_recipe(const CompileOptions& opt) {
   return r;
 }
 
+/// The model's context length (metadata model.max_seq_len; 512 when the source did not say).
+int64_t model_max_seq(const ir::Graph& lifted) {
+  auto ms = lifted.metadata.find("model.max_seq_len");
+  return ms != lifted.metadata.end() ? std::stoll(ms->second) : 512;
+}
+
 /// Tokenizes the calibration stories: BOS + text, truncated to the model's max_seq_len, stopping
 /// at the token cap.
 Result<std::vector<std::vector<int64_t>>> calibration_sequences(const std::string& path, StoryRange range, int64_t cap,
                                                                 const std::vector<uint8_t>& tokenizer, int64_t vocab,
                                                                 const ir::Graph& lifted, std::string* source) {
-  int64_t max_seq = 512;
-  auto ms = lifted.metadata.find("model.max_seq_len");
-  if (ms != lifted.metadata.end()) max_seq = std::stoll(ms->second);
+  const int64_t max_seq = model_max_seq(lifted);
   KERF_ASSIGN_OR_RETURN(auto all, read_stories(path));
   KERF_ASSIGN_OR_RETURN(auto stories, select_stories(all, range, path));
   KERF_ASSIGN_OR_RETURN(auto tokenized, tokenize_texts(tokenizer, vocab, stories));
@@ -165,6 +169,23 @@ Result<std::vector<std::vector<int64_t>>> calibration_sequences(const std::strin
   *source = path + " stories " + std::to_string(range.begin) + ":" + std::to_string(range.begin + static_cast<int>(seqs.size())) +
             " (" + std::to_string(seqs.size()) + " sequences, " + std::to_string(total) + " tokens)";
   return seqs;
+}
+
+/// Data-free augmentation: appends `n` sequences sampled from `teacher` (temperature 1, BOS 1 /
+/// EOS 2 as in llama2.c tokenizers, up to the model's context) to `seqs` and describes them in `src`.
+Status add_teacher_samples(const ir::Graph& teacher, int n, uint64_t seed, int threads, const char* label,
+                           const std::function<void(const std::string&)>& progress, std::vector<std::vector<int64_t>>* seqs,
+                           std::string* src) {
+  if (n <= 0) return Status::Ok();
+  const auto t0 = std::chrono::steady_clock::now();
+  KERF_ASSIGN_OR_RETURN(auto gen, distill::sample_from_teacher(teacher, n, model_max_seq(teacher), 1.0, seed, 1, 2, threads));
+  size_t toks = 0;
+  for (auto& q : gen) toks += q.size(), seqs->push_back(std::move(q));
+  *src += " + " + std::to_string(n) + " teacher samples (" + std::to_string(toks) + " tokens)";
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%s: sampled %d sequences (%zu tokens) from the teacher in %.1f s", label, n, toks, since(t0));
+  if (progress) progress(buf);
+  return Status::Ok();
 }
 
 Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir::Graph* teacher_graph,
@@ -263,6 +284,18 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
     distill::QadOptions qo = r.qad_options;
     qo.threads = opt.threads;
     qo.progress = progress;
+    KERF_RETURN_IF_ERROR(add_teacher_samples(teacher, r.qad_teacher_samples, qo.seed + 7, opt.threads, "qad", progress, &seqs, &src));
+    if (qo.hidden_weight > 0) {
+      // Block outputs of the student against the FP model's, pairwise by depth (the widths agree:
+      // the embedding width is never changed by quantization, nor by head / FFN pruning).
+      KERF_ASSIGN_OR_RETURN(prune::Model ms, prune::analyze(lifted));
+      KERF_ASSIGN_OR_RETURN(prune::Model mt, prune::analyze(teacher));
+      if (ms.blocks.size() != mt.blocks.size() || ms.dim != mt.dim)
+        return InvalidArgument("qad.hidden_weight: hidden-state distillation needs the FP model's depth and width (student " +
+                               std::to_string(ms.blocks.size()) + " blocks of width " + std::to_string(ms.dim) + ", teacher " +
+                               std::to_string(mt.blocks.size()) + " of width " + std::to_string(mt.dim) + ")");
+      for (size_t b = 0; b < ms.blocks.size(); ++b) qo.hidden_pairs.push_back({ms.blocks[b].residual_out, mt.blocks[b].residual_out});
+    }
     auto qr = distill::quantization_aware_distill(lifted, teacher, prec, seqs, val, qo);
     if (!qr.ok()) return qr.status().with_context("quantization-aware distillation");
     s->qad_log = qr->log;
@@ -356,8 +389,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
   if (!opt.importance.empty()) {
     KERF_ASSIGN_OR_RETURN(io.metric, prune::parse_metric(opt.importance));
   }
-  int64_t max_seq = 512;
-  if (auto it = lifted.metadata.find("model.max_seq_len"); it != lifted.metadata.end()) max_seq = std::stoll(it->second);
+  const int64_t max_seq = model_max_seq(lifted);
   const int64_t ctx = max_seq / 2;
   if (!opt.prune_budget.empty()) {
     const auto colon = opt.prune_budget.find(':');
@@ -473,16 +505,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     // 400 training stories alone are memorized: on stories260K, 25 % heads / 50 % FFN pruned, the
     // validation KL after 2,000 steps was 0.30 without samples, 0.22 with 1,000).
     const int samples = opt.teacher_samples >= 0 ? opt.teacher_samples : (recipe && recipe->distill ? recipe->teacher_samples : steps);
-    if (samples > 0) {
-      const auto tsm = std::chrono::steady_clock::now();
-      KERF_ASSIGN_OR_RETURN(auto gen, distill::sample_from_teacher(*teacher, samples, max_seq, 1.0, qo.seed + 7, 1, 2, opt.threads));
-      size_t toks = 0;
-      for (auto& q : gen) toks += q.size(), seqs.push_back(std::move(q));
-      src += " + " + std::to_string(samples) + " teacher samples (" + std::to_string(toks) + " tokens)";
-      char buf[160];
-      std::snprintf(buf, sizeof buf, "distill: sampled %d sequences (%zu tokens) from the teacher in %.1f s", samples, toks, since(tsm));
-      progress(buf);
-    }
+    KERF_RETURN_IF_ERROR(add_teacher_samples(*teacher, samples, qo.seed + 7, opt.threads, "distill", progress, &seqs, &src));
     KERF_ASSIGN_OR_RETURN(std::vector<quant::WeightUse> uses, quant::enumerate_weights(lifted));
     std::map<std::string, std::pair<quant::QSpec, quant::ParamRule>> prec;
     for (const auto& u : uses) prec[u.tensor] = {quant::QSpec{quant::QKind::kF32, 0, 0, fmt::ScaleFormat::kF16}, quant::ParamRule::kRtn};

@@ -239,10 +239,9 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
     }
     // qad: and distill: share their training keys.
     auto training = [&](const YAML::Node& q, const std::string& sec, distill::QadOptions& o, StoryRange& stories, double& val_fraction,
-                        bool extra) -> Status {
-      std::vector<std::string> keys = {"steps", "lr", "batch", "seq_len", "stories", "val_fraction", "temperature", "seed",
-                                       "weight_decay", "warmup", "eval_every"};
-      if (extra) keys.insert(keys.end(), {"hidden_weight", "teacher_samples"});
+                        int& teacher_samples, bool extra) -> Status {
+      const std::vector<std::string> keys = {"steps", "lr", "batch", "seq_len", "stories", "val_fraction", "temperature", "seed",
+                                             "weight_decay", "warmup", "eval_every", "hidden_weight", "teacher_samples"};
       KERF_RETURN_IF_ERROR(check_keys(c, q, sec, std::set<std::string>(keys.begin(), keys.end())));
       if (q["steps"]) KERF_RETURN_IF_ERROR(get(c, q["steps"], sec + ".steps", &o.steps));
       if (q["lr"]) KERF_RETURN_IF_ERROR(get(c, q["lr"], sec + ".lr", &o.lr));
@@ -255,7 +254,7 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
       if (q["seed"]) KERF_RETURN_IF_ERROR(get(c, q["seed"], sec + ".seed", &o.seed));
       if (q["val_fraction"]) KERF_RETURN_IF_ERROR(get(c, q["val_fraction"], sec + ".val_fraction", &val_fraction));
       if (q["hidden_weight"]) KERF_RETURN_IF_ERROR(get(c, q["hidden_weight"], sec + ".hidden_weight", &o.hidden_weight));
-      if (q["teacher_samples"]) KERF_RETURN_IF_ERROR(get(c, q["teacher_samples"], sec + ".teacher_samples", &r.teacher_samples));
+      if (q["teacher_samples"]) KERF_RETURN_IF_ERROR(get(c, q["teacher_samples"], sec + ".teacher_samples", &teacher_samples));
       if (q["stories"]) {
         std::string st;
         KERF_RETURN_IF_ERROR(get(c, q["stories"], sec + ".stories", &st));
@@ -271,18 +270,18 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
       if (o.warmup < 0 || o.eval_every < 1) return c.err(sec, "warmup must be >= 0 and eval_every >= 1");
       if (!(val_fraction >= 0 && val_fraction < 0.5)) return c.err(sec + ".val_fraction", "must be in [0, 0.5)");
       if (!(o.hidden_weight >= 0)) return c.err(sec + ".hidden_weight", "must be >= 0");
-      if (r.teacher_samples < 0 || r.teacher_samples > 1000000) return c.err(sec + ".teacher_samples", "must be in 0..1000000");
+      if (teacher_samples < 0 || teacher_samples > 1000000) return c.err(sec + ".teacher_samples", "must be in 0..1000000");
       return Status::Ok();
     };
     if (const YAML::Node q = root["qad"]) {
       r.qad = true;
-      KERF_RETURN_IF_ERROR(training(q, "qad", r.qad_options, r.qad_stories, r.qad_val_fraction, false));
+      KERF_RETURN_IF_ERROR(training(q, "qad", r.qad_options, r.qad_stories, r.qad_val_fraction, r.qad_teacher_samples, false));
     }
     if (const YAML::Node q = root["distill"]) {
       r.distill = true;
       r.distill_options.steps = 0;
       r.distill_options.label = "distill";
-      KERF_RETURN_IF_ERROR(training(q, "distill", r.distill_options, r.distill_stories, r.distill_val_fraction, true));
+      KERF_RETURN_IF_ERROR(training(q, "distill", r.distill_options, r.distill_stories, r.distill_val_fraction, r.teacher_samples, true));
     }
     if (const YAML::Node p = root["prune"]) {
       KERF_RETURN_IF_ERROR(check_keys(c, p, "prune", {"keep_heads", "keep_ffn", "keep_embed", "drop_blocks", "head_mode", "importance", "budget"}));

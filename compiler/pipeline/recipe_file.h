@@ -30,6 +30,9 @@
 //     val_fraction: 0.05                  #   the last 5 % of them: validation / early stopping
 //     temperature: 1.0
 //     seed: 0
+//     teacher_samples: 0                  #   sequences sampled from the FP model added to the training
+//                                         #   stories (data-free augmentation, distill/qad.h)
+//     hidden_weight: 0.0                  #   normalized MSE on every block output vs the FP model
 //   prune:                                # optional: structured pruning (prune/prune.h) before quantization
 //     keep_heads: 0.75                    #   fractions kept; or budget: "flops:0.6" / "params:0.5"
 //     keep_ffn: 0.5
@@ -38,9 +41,7 @@
 //     head_mode: kv-groups                #   or query-heads
 //     importance: activation              #   or taylor, magnitude
 //   distill:                              # optional: KD of the pruned student from the unpruned model
-//     steps: 2000                         #   same keys as qad, plus:
-//     hidden_weight: 0.0                  #   normalized MSE on every block output (same depth only)
-//     teacher_samples: 0                  #   sequences sampled from the teacher added to the training set
+//     steps: 2000                         #   same keys as qad (hidden_weight needs the same depth)
 //   strict: false                         # fail instead of noting when something is not as asked
 //   verify:                               # optional: acceptance thresholds of `kerf verify` (stored
 //     max_ppl_increase: 6%                #   in the artifact as verify.* metadata; the command line
@@ -133,6 +134,7 @@ struct Recipe {
   distill::QadOptions qad_options;
   StoryRange qad_stories{0, 400};
   double qad_val_fraction = 0.05;
+  int qad_teacher_samples = 0;           ///< qad: sequences sampled from the FP model added to the training text
   // Structured pruning and distillation (compile: prune -> distill -> quantize).
   bool prune = false;
   double keep_heads = 1, keep_ffn = 1, keep_embed = 1;
