@@ -504,3 +504,41 @@ TEST_CASE("prune: kerf compile prunes, distills and reports every stage", "[prun
   CHECK(r2->stages[2].note.find("changed since compile") != std::string::npos);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("qad: teacher samples and hidden-state loss from a recipe; hidden state needs the same depth", "[prune][e2e]") {
+  const auto dir = std::filesystem::temp_directory_path() / "kerf_test_qad_keys";
+  std::filesystem::create_directories(dir);
+  const auto recipe = dir / "q.yaml";
+  {
+    std::ofstream f(recipe);
+    f << "default: {precision: int4_asym:g32, method: rtn, rule: rtn}\n"
+         "qad: {steps: 4, batch: 2, seq_len: 64, eval_every: 2, teacher_samples: 3, hidden_weight: 0.1}\n";
+  }
+  pipeline::CompileOptions o;
+  o.model_path = kModel;
+  o.output_path = (dir / "q.kerf").string();
+  o.calib_path = kText;
+  o.recipe_path = recipe.string();
+  o.threads = 1;
+  auto s = pipeline::compile(o);
+  INFO(s.status().to_string());
+  REQUIRE(s.ok());
+  REQUIRE_FALSE(s->qad_log.empty());
+  CHECK(s->qad_log.back().find("+ 3 teacher samples") != std::string::npos);
+
+  // Hidden-state distillation of a student with a block removed: refused, naming the key.
+  const auto recipe2 = dir / "d.yaml";
+  {
+    std::ofstream f(recipe2);
+    f << "prune: {drop_blocks: 1, importance: magnitude}\ndistill: {steps: 2, batch: 2, seq_len: 64, hidden_weight: 0.5}\n";
+  }
+  pipeline::CompileOptions d = o;
+  d.recipe_path = recipe2.string();
+  d.output_path = (dir / "d.kerf").string();
+  auto bad = pipeline::compile(d);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().code() == ErrorCode::kInvalidArgument);
+  CHECK_THAT(bad.status().message(), Catch::Contains("distill.hidden_weight") && Catch::Contains("student 4 blocks"));
+  CHECK_FALSE(std::filesystem::exists(d.output_path));
+  std::filesystem::remove_all(dir);
+}

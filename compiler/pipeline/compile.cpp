@@ -188,6 +188,23 @@ Status add_teacher_samples(const ir::Graph& teacher, int n, uint64_t seed, int t
   return Status::Ok();
 }
 
+/// Hidden-state distillation pairs: every block output of the student with the FP model's block
+/// output at the same depth. The widths agree when only heads / FFN channels were pruned (or
+/// nothing); removed blocks or embedding channels are an error naming `key`.
+Result<std::vector<std::pair<std::string, std::string>>> block_output_pairs(const ir::Graph& student, const ir::Graph& teacher,
+                                                                            const char* key) {
+  KERF_ASSIGN_OR_RETURN(prune::Model ms, prune::analyze(student));
+  KERF_ASSIGN_OR_RETURN(prune::Model mt, prune::analyze(teacher));
+  if (ms.blocks.size() != mt.blocks.size() || ms.dim != mt.dim)
+    return InvalidArgument(std::string(key) + ": hidden-state distillation needs the FP model's depth and width (student " +
+                           std::to_string(ms.blocks.size()) + " blocks of width " + std::to_string(ms.dim) + ", FP model " +
+                           std::to_string(mt.blocks.size()) + " of width " + std::to_string(mt.dim) +
+                           "): no drop_blocks / keep_embed with it");
+  std::vector<std::pair<std::string, std::string>> pairs;
+  for (size_t b = 0; b < ms.blocks.size(); ++b) pairs.push_back({ms.blocks[b].residual_out, mt.blocks[b].residual_out});
+  return pairs;
+}
+
 Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir::Graph* teacher_graph,
                           const std::vector<uint8_t>& tokenizer, int64_t vocab, CompileSummary* s,
                           std::map<std::string, std::string>* meta) {
@@ -286,15 +303,7 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
     qo.progress = progress;
     KERF_RETURN_IF_ERROR(add_teacher_samples(teacher, r.qad_teacher_samples, qo.seed + 7, opt.threads, "qad", progress, &seqs, &src));
     if (qo.hidden_weight > 0) {
-      // Block outputs of the student against the FP model's, pairwise by depth (the widths agree:
-      // the embedding width is never changed by quantization, nor by head / FFN pruning).
-      KERF_ASSIGN_OR_RETURN(prune::Model ms, prune::analyze(lifted));
-      KERF_ASSIGN_OR_RETURN(prune::Model mt, prune::analyze(teacher));
-      if (ms.blocks.size() != mt.blocks.size() || ms.dim != mt.dim)
-        return InvalidArgument("qad.hidden_weight: hidden-state distillation needs the FP model's depth and width (student " +
-                               std::to_string(ms.blocks.size()) + " blocks of width " + std::to_string(ms.dim) + ", teacher " +
-                               std::to_string(mt.blocks.size()) + " of width " + std::to_string(mt.dim) + ")");
-      for (size_t b = 0; b < ms.blocks.size(); ++b) qo.hidden_pairs.push_back({ms.blocks[b].residual_out, mt.blocks[b].residual_out});
+      KERF_ASSIGN_OR_RETURN(qo.hidden_pairs, block_output_pairs(lifted, teacher, "qad.hidden_weight"));
     }
     auto qr = distill::quantization_aware_distill(lifted, teacher, prec, seqs, val, qo);
     if (!qr.ok()) return qr.status().with_context("quantization-aware distillation");
@@ -514,8 +523,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
       qo.eval_every = std::max(25, steps / 10);
     }
     if (qo.hidden_weight > 0) {
-      if (!plan.dropped_blocks.empty()) return InvalidArgument("distill.hidden_weight: hidden-state distillation needs the same depth (drop_blocks = 0)");
-      for (const prune::Block& b : m.blocks) qo.hidden_pairs.push_back({b.residual_out, b.residual_out});
+      KERF_ASSIGN_OR_RETURN(qo.hidden_pairs, block_output_pairs(lifted, *teacher, "distill.hidden_weight"));
     }
     qo.threads = opt.threads;
     qo.progress = progress;
