@@ -81,7 +81,11 @@ void add_pruning_options(CLI::App* c, kerf::pipeline::CompileOptions& o) {
   c->add_option("--head-mode", o.head_mode, "GQA-aware head pruning: kv-groups (whole KV groups with their query heads) or query-heads (evenly within groups)");
   c->add_option("--importance", o.importance, "pruning importance: activation (Minitron), taylor (first order), magnitude");
   c->add_option("--prune-budget", o.prune_budget, "solve the keep fractions for a budget: flops:F or params:F (F of the original)");
+  c->add_option("--prune-alloc", o.prune_alloc, "per-block widths: uniform (every block the same) or measured (greedy, calibration KL re-measured; same totals)")
+      ->check(CLI::IsMember({"uniform", "measured"}));
   c->add_option("--distill-steps", o.distill_steps, "knowledge-distillation steps after pruning (teacher = the unpruned model)");
+  c->add_option("--seed", o.seed, "seed of the distillation / quantization-aware batches and the teacher samples (default: the recipe's, else 0)")
+      ->check(CLI::NonNegativeNumber);
   c->add_option("--teacher-samples", o.teacher_samples, "distillation: sequences sampled from the teacher added to the training text (default: one per distillation step)");
   c->add_option("--checkpoint", o.checkpoint_path, "distillation checkpoint (default OUTPUT.ckpt when distilling)");
   c->add_flag("--resume", o.resume, "continue distillation from --checkpoint");

@@ -355,4 +355,96 @@ Result<Scores> compute_importance(const ir::Graph& lifted, const Model& m, const
   return s;
 }
 
+Result<Plan> allocate_widths(const ir::Graph& lifted, const Model& m, const Scores& s, HeadMode mode, const Plan& uniform,
+                             const std::vector<std::vector<int64_t>>& calib, const AllocationOptions& opt) {
+  auto say = [&](const std::string& line) {
+    if (opt.progress) opt.progress(line);
+  };
+  const std::vector<Batch> batches = make_batches(calib, opt.max_tokens);
+  if (batches.empty()) return InvalidArgument("pruning allocation: no calibration tokens");
+  const size_t L = m.blocks.size();
+  distill::ReferenceOptions ro;
+  ro.threads = opt.threads;
+  c10::InferenceMode im;
+  // The unpruned model's log-probabilities and the real-position masks, once.
+  std::vector<at::Tensor> tlp, mask;
+  int64_t positions = 0;
+  {
+    KERF_ASSIGN_OR_RETURN(distill::ReferenceExecutor tex, distill::ReferenceExecutor::create(lifted, ro));
+    for (const Batch& b : batches) {
+      tex.reset_cache();
+      KERF_ASSIGN_OR_RETURN(std::vector<float> lg, tex.forward_batch(b.tokens, b.B, b.T));
+      tex.reset_cache();
+      const int64_t V = static_cast<int64_t>(lg.size()) / (b.B * b.T);
+      tlp.push_back(at::log_softmax(at::from_blob(lg.data(), {b.B, b.T, V}, at::kFloat), -1).clone());
+      at::Tensor mk = at::zeros({b.B, b.T, 1}, at::kFloat);
+      for (int64_t i = 0; i < b.B; ++i) mk[i].narrow(0, 0, b.len[static_cast<size_t>(i)]).fill_(1.f);
+      positions += mk.sum().item<int64_t>();
+      mask.push_back(mk);
+    }
+  }
+  const bool grams = !s.attn_gram.empty() && !s.ffn_gram.empty();
+  auto measure = [&](const Widths& w) -> Result<double> {
+    KERF_ASSIGN_OR_RETURN(Plan p, plan_with_widths(m, s, mode, w, uniform));
+    ir::Graph g = lifted;
+    KERF_RETURN_IF_ERROR(apply_plan(g, m, p));
+    if (grams) KERF_RETURN_IF_ERROR(compensate(g, lifted, m, p, s));
+    KERF_ASSIGN_OR_RETURN(distill::ReferenceExecutor ex, distill::ReferenceExecutor::create(g, ro));
+    double kl = 0;
+    for (size_t i = 0; i < batches.size(); ++i) {
+      const Batch& b = batches[i];
+      ex.reset_cache();
+      KERF_ASSIGN_OR_RETURN(std::vector<float> lg, ex.forward_batch(b.tokens, b.B, b.T));
+      ex.reset_cache();
+      at::Tensor slp = at::log_softmax(at::from_blob(lg.data(), tlp[i].sizes(), at::kFloat), -1);
+      kl += ((tlp[i].exp() * (tlp[i] - slp)) * mask[i]).sum().item<double>();
+    }
+    return kl / static_cast<double>(positions);
+  };
+  // Local search from the uniform widths: move `c` units of one kind from block a to block b while
+  // the best such move lowers the measured KL (best improvement per pass).
+  Widths cur = widths_of(m, uniform, mode);
+  KERF_ASSIGN_OR_RETURN(double kl, measure(cur));
+  {
+    char buf[120];
+    std::snprintf(buf, sizeof buf, "pruning allocation: uniform widths, calibration KL %.4f on %lld positions", kl, static_cast<long long>(positions));
+    say(buf);
+  }
+  auto search = [&](std::vector<int64_t>* v, const std::vector<int64_t>& full, int64_t c, const char* what) -> Status {
+    for (int move = 0; move < opt.max_moves; ++move) {
+      double best = kl;
+      size_t from = L, to = L;
+      for (size_t a = 0; a < L; ++a)
+        for (size_t b = 0; b < L; ++b) {
+          if (a == b || (*v)[a] - c < 1 || (*v)[b] + c > full[b]) continue;
+          (*v)[a] -= c, (*v)[b] += c;
+          Result<double> r = measure(cur);
+          (*v)[a] += c, (*v)[b] -= c;
+          if (!r.ok()) return r.status();
+          if (*r < best) best = *r, from = a, to = b;
+        }
+      if (from == L) break;
+      (*v)[from] -= c, (*v)[to] += c;
+      char buf[200];
+      std::snprintf(buf, sizeof buf, "pruning allocation: %lld %s from block %zu to block %zu (calibration KL %.4f -> %.4f)",
+                    static_cast<long long>(c), what, from, to, kl, best);
+      say(buf);
+      kl = best;
+    }
+    return Status::Ok();
+  };
+  std::vector<int64_t> full_heads, full_ffn;
+  int64_t fmax = 0;
+  for (const Block& b : m.blocks) {
+    full_heads.push_back(mode == HeadMode::kKvGroups ? b.n_kv_heads : b.n_heads / b.n_kv_heads);
+    full_ffn.push_back(b.ffn_dim);
+    fmax = std::max(fmax, b.ffn_dim);
+  }
+  if (!cur.head_units.empty())
+    KERF_RETURN_IF_ERROR(search(&cur.head_units, full_heads, 1, mode == HeadMode::kKvGroups ? "KV groups" : "query heads per group"));
+  if (!cur.ffn.empty())
+    for (int64_t div : {8, 16, 32}) KERF_RETURN_IF_ERROR(search(&cur.ffn, full_ffn, std::max<int64_t>(1, (fmax + div - 1) / div), "FFN channels"));
+  return plan_with_widths(m, s, mode, cur, uniform);
+}
+
 }  // namespace kerf::prune

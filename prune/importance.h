@@ -48,4 +48,29 @@ struct ImportanceOptions {
 Result<Scores> compute_importance(const ir::Graph& lifted, const Model& m, const std::vector<std::vector<int64_t>>& calib,
                                   const ImportanceOptions& opt);
 
+/// Measured non-uniform widths (`--prune-alloc measured`).
+struct AllocationOptions {
+  int64_t max_tokens = 4096;   ///< calibration tokens each candidate is measured on
+  int max_moves = 8;           ///< accepted moves per kind and step size
+  int threads = 0;             ///< LibTorch threads (0 = all cores)
+  std::function<void(const std::string&)> progress;
+};
+
+/// Redistributes the widths of `uniform` (make_plan's uniform plan) over the blocks, keeping its
+/// totals of head units (KV groups or query heads per group, per `mode`) and FFN channels: a local
+/// search on the measured loss, as layer-wise allocations do (OWL, Yin et al. 2024, and BESA, Xu et
+/// al. 2024, allocate per-layer sparsity; measured here instead of predicted, because removals do
+/// not add). The loss is the mean KL divergence of the pruned and compensated (compensate()) model
+/// to the unpruned one on the first `max_tokens` calibration tokens. Starting from the uniform
+/// widths, each pass tries every move of one head unit (then of an FFN chunk of ceil(F/8), ceil(F/16),
+/// ceil(F/32) channels) from block a to block b and applies the best one if it lowers the loss (at
+/// most `max_moves` per kind and chunk), so the result never measures worse than uniform. Every
+/// accepted move is a progress line. The kept structures inside a block are the highest-scored ones
+/// of `s`; embedding channels and dropped blocks come from `uniform`. Without Gram matrices in `s`
+/// the candidates are measured uncompensated. Cost: L (L - 1) forward passes per pass.
+/// Errors: kInvalidArgument for no calibration tokens; the reference executor's and
+/// plan_with_widths()'s errors.
+Result<Plan> allocate_widths(const ir::Graph& lifted, const Model& m, const Scores& s, HeadMode mode, const Plan& uniform,
+                             const std::vector<std::vector<int64_t>>& calib, const AllocationOptions& opt);
+
 }  // namespace kerf::prune

@@ -240,6 +240,27 @@ Result<Model> analyze(const ir::Graph& g) {
   return m;
 }
 
+namespace {
+/// Appends block l's kept query heads and KV groups to `p` when it keeps `units` head units (KV
+/// groups in kv-groups mode, query heads per group in query-heads mode), the highest-scored ones.
+void add_heads(const Block& b, const Scores& s, size_t l, HeadMode mode, int64_t units, Plan* p) {
+  const int64_t G = b.n_kv_heads, per = b.n_heads / G;
+  std::vector<int64_t> hs;
+  if (mode == HeadMode::kKvGroups) {
+    p->kv_groups.push_back(top_k(s.kv_groups[l], units));
+    for (int64_t gi : p->kv_groups.back())
+      for (int64_t j = 0; j < per; ++j) hs.push_back(gi * per + j);
+  } else {
+    for (int64_t gi = 0; gi < G; ++gi) {
+      std::vector<double> sub(s.heads[l].begin() + gi * per, s.heads[l].begin() + (gi + 1) * per);
+      for (int64_t j : top_k(sub, units)) hs.push_back(gi * per + j);
+    }
+    p->kv_groups.push_back(all_of(G));
+  }
+  p->heads.push_back(hs);
+}
+}  // namespace
+
 Result<Plan> make_plan(const Model& m, const Scores& s, const PruneOptions& opt) {
   for (double f : {opt.keep_heads, opt.keep_ffn, opt.keep_embed})
     if (!(f > 0 && f <= 1)) return InvalidArgument("pruning: keep fractions must be in (0, 1], got " + std::to_string(f));
@@ -258,13 +279,7 @@ Result<Plan> make_plan(const Model& m, const Scores& s, const PruneOptions& opt)
       const int64_t kg = round_keep(opt.keep_heads, G);
       KERF_RETURN_IF_ERROR(check_reduces(opt.keep_heads, kg, G, "KV groups (kv-groups head mode)"));
       if (kg < G)
-        for (size_t l = 0; l < m.blocks.size(); ++l) {
-          p.kv_groups.push_back(top_k(s.kv_groups[l], kg));
-          std::vector<int64_t> hs;
-          for (int64_t gi : p.kv_groups.back())
-            for (int64_t j = 0; j < per; ++j) hs.push_back(gi * per + j);
-          p.heads.push_back(hs);
-        }
+        for (size_t l = 0; l < m.blocks.size(); ++l) add_heads(m.blocks[l], s, l, opt.head_mode, kg, &p);
     } else {
       if (s.heads.size() != m.blocks.size()) return InvalidArgument("pruning: no head scores (" + s.method + ")");
       const int64_t kp = round_keep(opt.keep_heads, per);
@@ -273,15 +288,7 @@ Result<Plan> make_plan(const Model& m, const Scores& s, const PruneOptions& opt)
                                std::to_string(H) + " heads over " + std::to_string(G) + " KV heads); use kv-groups");
       KERF_RETURN_IF_ERROR(check_reduces(opt.keep_heads, kp, per, "query heads per KV group (query-heads mode)"));
       if (kp < per)
-        for (size_t l = 0; l < m.blocks.size(); ++l) {
-          std::vector<int64_t> hs;
-          for (int64_t gi = 0; gi < G; ++gi) {
-            std::vector<double> sub(s.heads[l].begin() + gi * per, s.heads[l].begin() + (gi + 1) * per);
-            for (int64_t j : top_k(sub, kp)) hs.push_back(gi * per + j);
-          }
-          p.heads.push_back(hs);
-          p.kv_groups.push_back(all_of(G));
-        }
+        for (size_t l = 0; l < m.blocks.size(); ++l) add_heads(m.blocks[l], s, l, opt.head_mode, kp, &p);
     }
   }
   if (opt.keep_ffn < 1) {
@@ -302,6 +309,43 @@ Result<Plan> make_plan(const Model& m, const Scores& s, const PruneOptions& opt)
     std::vector<int64_t> keep = top_k(s.blocks, L - opt.drop_blocks);
     for (int l = 0; l < L; ++l)
       if (!std::binary_search(keep.begin(), keep.end(), l)) p.dropped_blocks.push_back(l);
+  }
+  return p;
+}
+
+Widths widths_of(const Model& m, const Plan& p, HeadMode mode) {
+  Widths w;
+  for (size_t l = 0; l < p.heads.size() && l < m.blocks.size(); ++l)
+    w.head_units.push_back(mode == HeadMode::kKvGroups ? static_cast<int64_t>(p.kv_groups[l].size())
+                                                       : static_cast<int64_t>(p.heads[l].size() / std::max<size_t>(p.kv_groups[l].size(), 1)));
+  for (const auto& f : p.ffn) w.ffn.push_back(static_cast<int64_t>(f.size()));
+  return w;
+}
+
+Result<Plan> plan_with_widths(const Model& m, const Scores& s, HeadMode mode, const Widths& w, const Plan& base) {
+  const size_t L = m.blocks.size();
+  if ((!w.head_units.empty() && w.head_units.size() != L) || (!w.ffn.empty() && w.ffn.size() != L))
+    return InvalidArgument("pruning widths: one entry per block (" + std::to_string(L) + ") required");
+  Plan p;
+  p.embed = base.embed;
+  p.dropped_blocks = base.dropped_blocks;
+  if (!w.head_units.empty()) {
+    if ((mode == HeadMode::kKvGroups ? s.kv_groups.size() : s.heads.size()) != L) return InvalidArgument("pruning widths: no head scores (" + s.method + ")");
+    for (size_t l = 0; l < L; ++l) {
+      const Block& b = m.blocks[l];
+      const int64_t full = mode == HeadMode::kKvGroups ? b.n_kv_heads : b.n_heads / b.n_kv_heads;
+      if (w.head_units[l] < 1 || w.head_units[l] > full)
+        return InvalidArgument("pruning widths: block " + std::to_string(l) + " keeps " + std::to_string(w.head_units[l]) + " head units of " + std::to_string(full));
+      add_heads(b, s, l, mode, w.head_units[l], &p);
+    }
+  }
+  if (!w.ffn.empty()) {
+    if (s.ffn.size() != L) return InvalidArgument("pruning widths: no FFN channel scores (" + s.method + ")");
+    for (size_t l = 0; l < L; ++l) {
+      if (w.ffn[l] < 1 || w.ffn[l] > m.blocks[l].ffn_dim)
+        return InvalidArgument("pruning widths: block " + std::to_string(l) + " keeps " + std::to_string(w.ffn[l]) + " FFN channels of " + std::to_string(m.blocks[l].ffn_dim));
+      p.ffn.push_back(top_k(s.ffn[l], w.ffn[l]));
+    }
   }
   return p;
 }

@@ -12,9 +12,10 @@
 //   kKvGroups   removes whole KV groups with their query heads (G' = round(keep * G), H' = G' * H/G);
 //   kQueryHeads removes query heads evenly within every group (H/G' per group kept = round(keep * H/G),
 //               G unchanged).
-// Either way n_heads % n_kv_heads == 0 holds and every block keeps the same counts (uniform width,
-// as Minitron prunes width: Muralidharan et al. 2024, "Compact Language Models via Pruning and
-// Knowledge Distillation", sec. 2). Which structures go is decided by an importance score per
+// Either way n_heads % n_kv_heads == 0 holds. make_plan gives every block the same counts (uniform
+// width, as Minitron prunes width: Muralidharan et al. 2024, "Compact Language Models via Pruning and
+// Knowledge Distillation", sec. 2); plan_with_widths takes per-block counts, which
+// prune/importance.h allocate_widths measures. Which structures go is decided by an importance score per
 // structure (prune/importance.h): the lowest-scored ones are removed; kept ones stay in their
 // original order.
 #pragma once
@@ -104,6 +105,23 @@ struct Plan {
 /// smallest reduction), kQueryHeads with one query head per group, drop_blocks >= the block count,
 /// or a structure asked to shrink that has no scores.
 Result<Plan> make_plan(const Model& m, const Scores& s, const PruneOptions& opt);
+
+/// Per-block widths, for non-uniform plans: head units kept in block l (KV groups in kv-groups mode,
+/// query heads per KV group in query-heads mode) and FFN channels kept in block l. An empty vector
+/// means that structure kind is not pruned.
+struct Widths {
+  std::vector<int64_t> head_units, ffn;
+};
+
+/// The widths a plan keeps (empty vectors for kinds the plan leaves whole).
+Widths widths_of(const Model& m, const Plan& p, HeadMode mode);
+
+/// The plan that keeps, in block l, the w.head_units[l] highest-scored head units and the w.ffn[l]
+/// highest-scored FFN channels (scores as make_plan uses them); embedding channels and dropped blocks
+/// are copied from `base`. Blocks may differ in width (the runtime reads every Attention's n_heads /
+/// n_kv_heads and every matrix's shape). Errors: kInvalidArgument for a list that is not one entry per
+/// block, a count outside [1, full width], or a pruned kind without scores.
+Result<Plan> plan_with_widths(const Model& m, const Scores& s, HeadMode mode, const Widths& w, const Plan& base);
 
 /// Rewrites `g` (as analyze()d into `m`): slices the initializers, updates Attention's n_heads /
 /// n_kv_heads, rewires dropped blocks, removes dead nodes and re-infers value shapes. The result

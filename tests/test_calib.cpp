@@ -137,6 +137,12 @@ TEST_CASE("recipes: every example parses; errors name the key and line", "[calib
   CHECK_THAT(bad("qad: {steps: 10, teacher_samples: -1}"), Catch::Contains("qad.teacher_samples"));
   CHECK_THAT(bad("qad: {steps: 10, hidden_weight: -0.5}"), Catch::Contains("qad.hidden_weight"));
   CHECK_THAT(bad("qad: {steps: 10, teacher_sample: 5}"), Catch::Contains("teacher_sample") && Catch::Contains("unknown key"));
+  CHECK_THAT(bad("prune: {keep_ffn: 0.5, allocation: greedy}"), Catch::Contains("prune.allocation") && Catch::Contains("greedy"));
+  {
+    auto r = pipeline::parse_recipe_text("prune: {keep_ffn: 0.5, allocation: measured}\n", "p.yaml");
+    REQUIRE(r.ok());
+    CHECK(r->prune_alloc == "measured");
+  }
   {
     // qad: and distill: keep their own teacher-sample counts.
     auto r = pipeline::parse_recipe_text("qad: {steps: 10, teacher_samples: 300, hidden_weight: 0.5}\ndistill: {steps: 20, teacher_samples: 7}\n", "q.yaml");

@@ -6,7 +6,9 @@
 // table in the eval report).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -525,6 +527,48 @@ TEST_CASE("qad: teacher samples and hidden-state loss from a recipe; hidden stat
   REQUIRE(s.ok());
   REQUIRE_FALSE(s->qad_log.empty());
   CHECK(s->qad_log.back().find("+ 3 teacher samples") != std::string::npos);
+  // --seed: another seed trains on other samples and batches (other weights); the same seed again
+  // gives the same weights.
+  {
+    auto weights_of = [](const std::string& path) {
+      pipeline::EvalOptions e;
+      e.artifact_path = path;
+      e.text_path = kText;
+      e.stories = pipeline::StoryRange{400, 404};
+      auto r = pipeline::evaluate(e);
+      REQUIRE(r.ok());
+      return r->nll;
+    };
+    pipeline::CompileOptions a = o;
+    a.seed = 5;
+    a.output_path = (dir / "s5.kerf").string();
+    REQUIRE(pipeline::compile(a).ok());
+    const double n5 = weights_of(a.output_path);
+    a.output_path = (dir / "s5b.kerf").string();
+    REQUIRE(pipeline::compile(a).ok());
+    CHECK(weights_of(a.output_path) == n5);
+    CHECK(weights_of(o.output_path) != n5);
+  }
+
+  // After pruning, the quantization-aware phase also trains on the distillation's teacher samples.
+  {
+    const auto rp = dir / "pq.yaml";
+    {
+      std::ofstream f(rp);
+      f << "default: {precision: int4_asym:g32, method: rtn, rule: rtn}\n"
+           "prune: {keep_ffn: 0.5, importance: magnitude}\n"
+           "distill: {steps: 3, batch: 2, seq_len: 64, stories: \"0:12\", eval_every: 3, teacher_samples: 3}\n"
+           "qad: {steps: 2, batch: 2, seq_len: 64, stories: \"0:12\", eval_every: 2}\n";
+    }
+    pipeline::CompileOptions p = o;
+    p.recipe_path = rp.string();
+    p.output_path = (dir / "pq.kerf").string();
+    auto ps = pipeline::compile(p);
+    INFO(ps.status().to_string());
+    REQUIRE(ps.ok());
+    REQUIRE_FALSE(ps->qad_log.empty());
+    CHECK_THAT(ps->qad_log.back(), Catch::Contains("+ the distillation's 3 teacher samples"));
+  }
 
   // Hidden-state distillation of a student with a block removed: refused, naming the key.
   const auto recipe2 = dir / "d.yaml";
@@ -541,4 +585,121 @@ TEST_CASE("qad: teacher samples and hidden-state loss from a recipe; hidden stat
   CHECK_THAT(bad.status().message(), Catch::Contains("distill.hidden_weight") && Catch::Contains("student 4 blocks"));
   CHECK_FALSE(std::filesystem::exists(d.output_path));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("prune: per-block widths and the measured allocation", "[prune]") {
+  auto m = prune::analyze(lifted());
+  REQUIRE(m.ok());
+  prune::ImportanceOptions io;
+  io.threads = 1;
+  io.metric = prune::Metric::kActivation;
+  const auto calib = stories(0, 12, 128);
+  auto s = prune::compute_importance(lifted(), *m, calib, io);
+  REQUIRE(s.ok());
+
+  // Explicit widths: block l keeps exactly its count, the highest-scored structures, and the graph
+  // stays valid with a different Attention width per block.
+  prune::Widths w;
+  w.head_units = {2, 3, 4, 3, 3};
+  w.ffn = {100, 60, 86, 172, 12};
+  auto p = prune::plan_with_widths(*m, *s, prune::HeadMode::kKvGroups, w, prune::Plan{});
+  REQUIRE(p.ok());
+  for (size_t l = 0; l < 5; ++l) {
+    CHECK(p->kv_groups[l].size() == static_cast<size_t>(w.head_units[l]));
+    CHECK(p->heads[l].size() == static_cast<size_t>(2 * w.head_units[l]));
+    CHECK(p->ffn[l].size() == static_cast<size_t>(w.ffn[l]));
+  }
+  {
+    // Block 1 keeps the 60 highest-scored channels: the lowest kept scores above the highest dropped.
+    double lo = 1e300, hi = -1e300;
+    for (int64_t c = 0; c < 172; ++c) {
+      const bool kept = std::binary_search(p->ffn[1].begin(), p->ffn[1].end(), c);
+      (kept ? lo : hi) = kept ? std::min(lo, s->ffn[1][static_cast<size_t>(c)]) : std::max(hi, s->ffn[1][static_cast<size_t>(c)]);
+    }
+    CHECK(lo >= hi);
+  }
+  CHECK(prune::widths_of(*m, *p, prune::HeadMode::kKvGroups).ffn == w.ffn);
+  CHECK(prune::widths_of(*m, *p, prune::HeadMode::kKvGroups).head_units == w.head_units);
+  {
+    ir::Graph g = lifted();
+    REQUIRE(prune::apply_plan(g, *m, *p).ok());
+    std::vector<int64_t> heads;
+    for (const auto& n : g.nodes)
+      if (n.is("kerf", "Attention")) heads.push_back(std::get<int64_t>(n.attrs.at("n_heads")));
+    CHECK(heads == std::vector<int64_t>{4, 6, 8, 6, 6});
+    CHECK(g.initializers.at("model.layers.4.w2.weight").shape == std::vector<int64_t>{64, 12});
+    const auto lg = logits(g, calib[0]);
+    for (float v : lg) REQUIRE(std::isfinite(v));
+  }
+  // Bad widths are refused, naming the block.
+  {
+    prune::Widths bad = w;
+    bad.ffn[2] = 173;
+    auto r = prune::plan_with_widths(*m, *s, prune::HeadMode::kKvGroups, bad, prune::Plan{});
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.status().message(), Catch::Contains("block 2"));
+    bad = w;
+    bad.head_units = {2, 3};
+    CHECK_FALSE(prune::plan_with_widths(*m, *s, prune::HeadMode::kKvGroups, bad, prune::Plan{}).ok());
+    bad = w;
+    bad.head_units[0] = 0;
+    CHECK_FALSE(prune::plan_with_widths(*m, *s, prune::HeadMode::kKvGroups, bad, prune::Plan{}).ok());
+  }
+
+  // The measured allocation keeps the uniform plan's totals and, on its calibration tokens, loses
+  // less than the uniform plan (mean KL to the unpruned model, both compensated): it starts there and
+  // only accepts moves that lower the measured KL.
+  prune::PruneOptions po;
+  po.keep_heads = 0.75;
+  po.keep_ffn = 0.5;
+  auto uni = prune::make_plan(*m, *s, po);
+  REQUIRE(uni.ok());
+  prune::AllocationOptions ao;
+  ao.threads = 1;
+  ao.max_tokens = 1024;
+  ao.max_moves = 2;
+  std::vector<std::string> lines;
+  ao.progress = [&](const std::string& l) { lines.push_back(l); };
+  auto al = prune::allocate_widths(lifted(), *m, *s, prune::HeadMode::kKvGroups, *uni, calib, ao);
+  REQUIRE(al.ok());
+  const auto wa = prune::widths_of(*m, *al, prune::HeadMode::kKvGroups);
+  auto total = [](const std::vector<int64_t>& v) { return std::accumulate(v.begin(), v.end(), int64_t{0}); };
+  CHECK(total(wa.head_units) == 15);
+  CHECK(total(wa.ffn) == 5 * 86);
+  CHECK(wa.ffn != std::vector<int64_t>(5, 86));
+  REQUIRE(lines.size() >= 2);
+  CHECK_THAT(lines.front(), Catch::Contains("uniform widths, calibration KL"));
+  CHECK(lines.size() <= 1 + 2 * 4);  // at most max_moves per kind and chunk size
+  auto kl_of = [&](const prune::Plan& plan) {
+    ir::Graph g = lifted();
+    REQUIRE(prune::apply_plan(g, *m, plan).ok());
+    REQUIRE(prune::compensate(g, lifted(), *m, plan, *s).ok());
+    double kl = 0;
+    int64_t n = 0, tokens = 0;
+    for (const auto& q : calib) {
+      if (tokens >= 1024) break;
+      tokens += static_cast<int64_t>(q.size());
+      const auto a = logits(lifted(), q), b = logits(g, q);
+      for (size_t t = 0; t < q.size(); ++t) {
+        const float* x = a.data() + t * 512;
+        const float* y = b.data() + t * 512;
+        double mx = x[0], my = y[0], zx = 0, zy = 0;
+        for (int v = 0; v < 512; ++v) mx = std::max(mx, double(x[v])), my = std::max(my, double(y[v]));
+        for (int v = 0; v < 512; ++v) zx += std::exp(x[v] - mx), zy += std::exp(y[v] - my);
+        for (int v = 0; v < 512; ++v) {
+          const double lp = x[v] - mx - std::log(zx), lq = y[v] - my - std::log(zy);
+          kl += std::exp(lp) * (lp - lq);
+        }
+        ++n;
+      }
+    }
+    return kl / static_cast<double>(n);
+  };
+  const double kl_alloc = kl_of(*al), kl_uni = kl_of(*uni);
+  INFO("allocated " << kl_alloc << " uniform " << kl_uni << "; " << lines.front() << "; " << lines.back());
+  CHECK(kl_alloc < kl_uni);
+  // The search's own numbers are these: its first line is the uniform plan's KL, its last the result's.
+  // (printed to 4 decimals; the test's KL is computed in double, the search's in float)
+  CHECK(std::stod(lines.front().substr(lines.front().find("KL ") + 3)) == Approx(kl_uni).margin(2e-4));
+  CHECK(std::stod(lines.back().substr(lines.back().find("-> ") + 3)) == Approx(kl_alloc).margin(2e-4));
 }

@@ -206,8 +206,8 @@ Result<std::vector<std::pair<std::string, std::string>>> block_output_pairs(cons
 }
 
 Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir::Graph* teacher_graph,
-                          const std::vector<uint8_t>& tokenizer, int64_t vocab, CompileSummary* s,
-                          std::map<std::string, std::string>* meta) {
+                          const std::vector<std::vector<int64_t>>& distill_samples, const std::vector<uint8_t>& tokenizer,
+                          int64_t vocab, CompileSummary* s, std::map<std::string, std::string>* meta) {
   KERF_ASSIGN_OR_RETURN(Recipe r, effective_recipe(opt));
   s->calibrated = true;
   s->recipe_hash = opt.recipe_path.empty() ? 0 : r.hash;
@@ -299,9 +299,17 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
     }
     const ir::Graph teacher = teacher_graph ? *teacher_graph : lifted;
     distill::QadOptions qo = r.qad_options;
+    if (opt.seed >= 0) qo.seed = static_cast<uint64_t>(opt.seed);
     qo.threads = opt.threads;
     qo.progress = progress;
     KERF_RETURN_IF_ERROR(add_teacher_samples(teacher, r.qad_teacher_samples, qo.seed + 7, opt.threads, "qad", progress, &seqs, &src));
+    if (r.qad_teacher_samples <= 0 && !distill_samples.empty()) {
+      // After pruning, the quantization-aware phase trains on the distillation's teacher samples too
+      // (the stories alone are memorized within its steps, as they were in distillation).
+      size_t toks = 0;
+      for (const auto& q : distill_samples) toks += q.size(), seqs.push_back(q);
+      src += " + the distillation's " + std::to_string(distill_samples.size()) + " teacher samples (" + std::to_string(toks) + " tokens)";
+    }
     if (qo.hidden_weight > 0) {
       KERF_ASSIGN_OR_RETURN(qo.hidden_pairs, block_output_pairs(lifted, teacher, "qad.hidden_weight"));
     }
@@ -377,6 +385,7 @@ std::string cost_line(const std::string& stage, const prune::Cost& c, uint64_t b
 /// Structured pruning, then knowledge distillation against the unpruned model. `lifted` becomes the
 /// (trained, float32) student; `teacher` receives the original.
 Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Graph& lifted, ir::Graph* teacher,
+                         std::vector<std::vector<int64_t>>* samples,
                          const std::vector<uint8_t>& tokenizer, int64_t vocab, CompileSummary* s,
                          std::map<std::string, std::string>* meta) {
   auto progress = [&](const std::string& line) {
@@ -426,22 +435,39 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
   KERF_ASSIGN_OR_RETURN(prune::Scores sc, prune::compute_importance(lifted, m, calib, io));
   KERF_ASSIGN_OR_RETURN(prune::Plan plan, prune::make_plan(m, sc, po));
   if (plan.identity()) return InvalidArgument("pruning: the keep fractions round to the full model (nothing to remove)");
+  const bool measured = opt.prune_alloc == "measured";
+  if (measured) {
+    if (calib.empty()) return InvalidArgument("--prune-alloc measured needs calibration text: pass --calib FILE");
+    prune::AllocationOptions ao;
+    ao.threads = opt.threads;
+    ao.progress = progress;
+    KERF_ASSIGN_OR_RETURN(plan, prune::allocate_widths(lifted, m, sc, po.head_mode, plan, calib, ao));
+  }
   KERF_ASSIGN_OR_RETURN(prune::Cost before, prune::count_cost(lifted, ctx));
   KERF_RETURN_IF_ERROR(prune::apply_plan(lifted, m, plan));
   if (!sc.attn_gram.empty()) KERF_RETURN_IF_ERROR(prune::compensate(lifted, *teacher, m, plan, sc));
   KERF_ASSIGN_OR_RETURN(prune::Cost after, prune::count_cost(lifted, ctx));
   {
     const prune::Block& b = m.blocks[0];
-    const int64_t h = plan.heads.empty() ? b.n_heads : static_cast<int64_t>(plan.heads[0].size());
-    const int64_t g = plan.kv_groups.empty() ? b.n_kv_heads : static_cast<int64_t>(plan.kv_groups[0].size());
-    const int64_t f = plan.ffn.empty() ? b.ffn_dim : static_cast<int64_t>(plan.ffn[0].size());
+    // Per-block counts: one number when every block keeps the same, else the list ("8,6,6,4,6").
+    auto counts = [&](const std::vector<std::vector<int64_t>>& kept, int64_t full) {
+      if (kept.empty()) return std::to_string(full);
+      std::string one = std::to_string(kept[0].size()), all;
+      bool same = true;
+      for (const auto& k : kept) {
+        same = same && k.size() == kept[0].size();
+        all += (all.empty() ? "" : ",") + std::to_string(k.size());
+      }
+      return same ? one : all;
+    };
     const int64_t d = plan.embed.empty() ? m.dim : static_cast<int64_t>(plan.embed.size());
-    char buf[400];
+    char buf[600];
     std::snprintf(buf, sizeof buf,
-                  "kept %lld/%lld query heads (%lld/%lld KV groups, %s), %lld/%lld FFN channels per block, %lld/%lld embedding channels, %zu/%zu blocks (%s importance); "
+                  "kept %s/%lld query heads (%s/%lld KV groups, %s), %s/%lld FFN channels per block%s, %lld/%lld embedding channels, %zu/%zu blocks (%s importance); "
                   "decode FLOPs/token -%.1f %%, parameters -%.1f %%",
-                  static_cast<long long>(h), static_cast<long long>(b.n_heads), static_cast<long long>(g), static_cast<long long>(b.n_kv_heads),
-                  prune::head_mode_name(po.head_mode), static_cast<long long>(f), static_cast<long long>(b.ffn_dim), static_cast<long long>(d),
+                  counts(plan.heads, b.n_heads).c_str(), static_cast<long long>(b.n_heads), counts(plan.kv_groups, b.n_kv_heads).c_str(),
+                  static_cast<long long>(b.n_kv_heads), prune::head_mode_name(po.head_mode), counts(plan.ffn, b.ffn_dim).c_str(),
+                  static_cast<long long>(b.ffn_dim), measured ? " (measured allocation)" : "", static_cast<long long>(d),
                   static_cast<long long>(m.dim), m.blocks.size() - plan.dropped_blocks.size(), m.blocks.size(), prune::metric_name(io.metric),
                   100.0 * (1.0 - after.decode_flops / before.decode_flops),
                   100.0 * (1.0 - static_cast<double>(after.parameters) / static_cast<double>(before.parameters)));
@@ -480,6 +506,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     val_fraction = recipe->distill_val_fraction;
   }
   if (opt.distill_steps >= 0) qo.steps = opt.distill_steps;
+  if (opt.seed >= 0) qo.seed = static_cast<uint64_t>(opt.seed);
   const int steps = qo.steps;
   // The checkpoint sits beside the artifact by default: it holds the pruned (compensated) and the
   // distilled weights, which `kerf eval` scores for the stage table; --resume continues from it.
@@ -513,8 +540,10 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
     // Data-free augmentation: by default one teacher-sampled sequence per distillation step (the
     // 400 training stories alone are memorized: on stories260K, 25 % heads / 50 % FFN pruned, the
     // validation KL after 2,000 steps was 0.30 without samples, 0.22 with 1,000).
-    const int samples = opt.teacher_samples >= 0 ? opt.teacher_samples : (recipe && recipe->distill ? recipe->teacher_samples : steps);
-    KERF_RETURN_IF_ERROR(add_teacher_samples(*teacher, samples, qo.seed + 7, opt.threads, "distill", progress, &seqs, &src));
+    const int n_samples = opt.teacher_samples >= 0 ? opt.teacher_samples : (recipe && recipe->distill ? recipe->teacher_samples : steps);
+    const size_t n_stories = seqs.size();
+    KERF_RETURN_IF_ERROR(add_teacher_samples(*teacher, n_samples, qo.seed + 7, opt.threads, "distill", progress, &seqs, &src));
+    samples->assign(seqs.begin() + static_cast<std::ptrdiff_t>(n_stories), seqs.end());
     KERF_ASSIGN_OR_RETURN(std::vector<quant::WeightUse> uses, quant::enumerate_weights(lifted));
     std::map<std::string, std::pair<quant::QSpec, quant::ParamRule>> prec;
     for (const auto& u : uses) prec[u.tensor] = {quant::QSpec{quant::QKind::kF32, 0, 0, fmt::ScaleFormat::kF16}, quant::ParamRule::kRtn};
@@ -724,6 +753,7 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
       if (opt.head_mode.empty()) popt.head_mode = recipe.head_mode;
       if (opt.importance.empty()) popt.importance = recipe.importance;
       if (opt.prune_budget.empty()) popt.prune_budget = recipe.prune_budget;
+      if (opt.prune_alloc.empty()) popt.prune_alloc = recipe.prune_alloc;
     }
   }
   const bool from_student = !opt.student_path.empty();
@@ -745,10 +775,11 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
     }
   }
   ir::Graph teacher;
+  std::vector<std::vector<int64_t>> distill_samples;  // teacher samples the distillation trained on
   if (from_student) {
     KERF_RETURN_IF_ERROR(load_student(popt, lifted, &teacher, &s, &extra_meta));
   } else if (pruning) {
-    KERF_RETURN_IF_ERROR(prune_and_distill(popt, have_recipe ? &recipe : nullptr, lifted, &teacher, tokenizer, vocab, &s, &extra_meta));
+    KERF_RETURN_IF_ERROR(prune_and_distill(popt, have_recipe ? &recipe : nullptr, lifted, &teacher, &distill_samples, tokenizer, vocab, &s, &extra_meta));
     if (s.distributed_rank > 0) return s;  // data-parallel worker: rank 0 quantizes and writes
     if (opt.distill_only) {
       std::error_code ec;
@@ -763,7 +794,7 @@ Result<CompileSummary> compile(const CompileOptions& opt) {
   const bool calibrated = !opt.recipe_path.empty() || opt.bpw > 0 || !opt.linear_spec.empty() ||
                           !opt.embedding_spec.empty() || !opt.method.empty() || pruning;
   if (calibrated) {
-    KERF_RETURN_IF_ERROR(compile_calibrated(popt, lifted, pruning ? &teacher : nullptr, tokenizer, vocab, &s, &extra_meta));
+    KERF_RETURN_IF_ERROR(compile_calibrated(popt, lifted, pruning ? &teacher : nullptr, distill_samples, tokenizer, vocab, &s, &extra_meta));
   } else {
     const bool npu_target = std::any_of(profiles.begin(), profiles.end(), [](const targets::DeviceProfile& p) { return p.npu.present; });
     if (!opt.calib_path.empty() && !npu_target)

@@ -53,7 +53,9 @@ struct CompileOptions {
   std::string head_mode;             ///< kv-groups | query-heads (default kv-groups)
   std::string importance;            ///< activation | taylor | magnitude (default activation)
   std::string prune_budget;          ///< "flops:F" or "params:F": solve keep fractions for F x the original
+  std::string prune_alloc;           ///< uniform (default: every block the same width) | measured (prune/importance.h allocate_widths)
   int distill_steps = -1;            ///< KD steps after pruning (-1: the recipe's, else 0)
+  int64_t seed = -1;                 ///< seed of distillation / QAD batches and teacher samples (-1: the recipe's, else 0)
   std::string checkpoint_path;       ///< distillation checkpoint (default OUTPUT.ckpt when distilling)
   bool resume = false;               ///< continue from checkpoint_path
   int qad_steps = -1;                ///< final quantization-aware distillation steps (-1: the recipe's; with pruning

@@ -312,7 +312,9 @@ std::string canonical_compile_options(const CompileOptions& opt, bool calibrated
   if (!opt.head_mode.empty()) add("--head-mode", opt.head_mode);
   if (!opt.importance.empty()) add("--importance", opt.importance);
   if (!opt.prune_budget.empty()) add("--prune-budget", opt.prune_budget);
+  if (!opt.prune_alloc.empty()) add("--prune-alloc", opt.prune_alloc);
   if (opt.distill_steps >= 0) add("--distill-steps", std::to_string(opt.distill_steps));
+  if (opt.seed >= 0) add("--seed", std::to_string(opt.seed));
   if (opt.teacher_samples >= 0) add("--teacher-samples", std::to_string(opt.teacher_samples));
   if (opt.qad_steps >= 0) add("--qad-steps", std::to_string(opt.qad_steps));
   return s;

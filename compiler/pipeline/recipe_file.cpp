@@ -284,7 +284,7 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
       KERF_RETURN_IF_ERROR(training(q, "distill", r.distill_options, r.distill_stories, r.distill_val_fraction, r.teacher_samples, true));
     }
     if (const YAML::Node p = root["prune"]) {
-      KERF_RETURN_IF_ERROR(check_keys(c, p, "prune", {"keep_heads", "keep_ffn", "keep_embed", "drop_blocks", "head_mode", "importance", "budget"}));
+      KERF_RETURN_IF_ERROR(check_keys(c, p, "prune", {"keep_heads", "keep_ffn", "keep_embed", "drop_blocks", "head_mode", "importance", "budget", "allocation"}));
       r.prune = true;
       if (p["keep_heads"]) KERF_RETURN_IF_ERROR(get(c, p["keep_heads"], "prune.keep_heads", &r.keep_heads));
       if (p["keep_ffn"]) KERF_RETURN_IF_ERROR(get(c, p["keep_ffn"], "prune.keep_ffn", &r.keep_ffn));
@@ -293,6 +293,9 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
       if (p["head_mode"]) KERF_RETURN_IF_ERROR(get(c, p["head_mode"], "prune.head_mode", &r.head_mode));
       if (p["importance"]) KERF_RETURN_IF_ERROR(get(c, p["importance"], "prune.importance", &r.importance));
       if (p["budget"]) KERF_RETURN_IF_ERROR(get(c, p["budget"], "prune.budget", &r.prune_budget));
+      if (p["allocation"]) KERF_RETURN_IF_ERROR(get(c, p["allocation"], "prune.allocation", &r.prune_alloc));
+      if (!r.prune_alloc.empty() && r.prune_alloc != "uniform" && r.prune_alloc != "measured")
+        return c.err("prune.allocation", "expected uniform or measured, got '" + r.prune_alloc + "'");
       for (double f : {r.keep_heads, r.keep_ffn, r.keep_embed})
         if (!(f > 0 && f <= 1)) return c.err("prune", "keep fractions must be in (0, 1]");
       if (r.drop_blocks < 0) return c.err("prune.drop_blocks", "must be >= 0");

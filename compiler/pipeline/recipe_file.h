@@ -40,6 +40,7 @@
 //     drop_blocks: 0
 //     head_mode: kv-groups                #   or query-heads
 //     importance: activation              #   or taylor, magnitude
+//     allocation: uniform                 #   or measured (per-block widths, same totals)
 //   distill:                              # optional: KD of the pruned student from the unpruned model
 //     steps: 2000                         #   same keys as qad (hidden_weight needs the same depth)
 //   strict: false                         # fail instead of noting when something is not as asked
@@ -139,7 +140,7 @@ struct Recipe {
   bool prune = false;
   double keep_heads = 1, keep_ffn = 1, keep_embed = 1;
   int drop_blocks = 0;
-  std::string head_mode, importance, prune_budget;
+  std::string head_mode, importance, prune_budget, prune_alloc;
   bool distill = false;
   distill::QadOptions distill_options;   ///< steps 0 = no distillation
   StoryRange distill_stories{0, 400};
