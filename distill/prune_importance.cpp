@@ -410,13 +410,17 @@ Result<Plan> allocate_widths(const ir::Graph& lifted, const Model& m, const Scor
     std::snprintf(buf, sizeof buf, "pruning allocation: uniform widths, calibration KL %.4f on %lld positions", kl, static_cast<long long>(positions));
     say(buf);
   }
+  // A dropped block's widths count toward the totals but compute nothing: never a source or a target.
+  auto dropped = [&](size_t l) {
+    return std::find(uniform.dropped_blocks.begin(), uniform.dropped_blocks.end(), static_cast<int>(l)) != uniform.dropped_blocks.end();
+  };
   auto search = [&](std::vector<int64_t>* v, const std::vector<int64_t>& full, int64_t c, const char* what) -> Status {
     for (int move = 0; move < opt.max_moves; ++move) {
       double best = kl;
       size_t from = L, to = L;
       for (size_t a = 0; a < L; ++a)
         for (size_t b = 0; b < L; ++b) {
-          if (a == b || (*v)[a] - c < 1 || (*v)[b] + c > full[b]) continue;
+          if (a == b || dropped(a) || dropped(b) || (*v)[a] - c < 1 || (*v)[b] + c > full[b]) continue;
           (*v)[a] -= c, (*v)[b] += c;
           Result<double> r = measure(cur);
           (*v)[a] += c, (*v)[b] -= c;

@@ -66,7 +66,8 @@ struct AllocationOptions {
 /// ceil(F/32) channels) from block a to block b and applies the best one if it lowers the loss (at
 /// most `max_moves` per kind and chunk), so the result never measures worse than uniform. Every
 /// accepted move is a progress line. The kept structures inside a block are the highest-scored ones
-/// of `s`; embedding channels and dropped blocks come from `uniform`. Without Gram matrices in `s`
+/// of `s`; embedding channels and dropped blocks come from `uniform` (a dropped block keeps its
+/// widths: it is never a source or target of a move). Without Gram matrices in `s`
 /// the candidates are measured uncompensated. Cost: L (L - 1) forward passes per pass.
 /// Errors: kInvalidArgument for no calibration tokens; the reference executor's and
 /// plan_with_widths()'s errors.

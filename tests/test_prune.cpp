@@ -702,4 +702,19 @@ TEST_CASE("prune: per-block widths and the measured allocation", "[prune]") {
   // (printed to 4 decimals; the test's KL is computed in double, the search's in float)
   CHECK(std::stod(lines.front().substr(lines.front().find("KL ") + 3)) == Approx(kl_uni).margin(2e-4));
   CHECK(std::stod(lines.back().substr(lines.back().find("-> ") + 3)) == Approx(kl_alloc).margin(2e-4));
+
+  // With a block dropped, its widths stay as they are (moving width out of it would add capacity
+  // beyond the budget) and it is still dropped.
+  prune::Plan with_drop = *uni;
+  with_drop.dropped_blocks = {1};
+  ao.max_moves = 1;
+  lines.clear();
+  auto ad = prune::allocate_widths(lifted(), *m, *s, prune::HeadMode::kKvGroups, with_drop, calib, ao);
+  REQUIRE(ad.ok());
+  const auto wd = prune::widths_of(*m, *ad, prune::HeadMode::kKvGroups);
+  CHECK(wd.ffn[1] == 86);
+  CHECK(wd.head_units[1] == 3);
+  CHECK(total(wd.ffn) == 5 * 86);
+  CHECK(ad->dropped_blocks == std::vector<int>{1});
+  CHECK(lines.size() >= 2);  // some move still pays off among the other blocks
 }
