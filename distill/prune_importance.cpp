@@ -366,17 +366,22 @@ Result<Plan> allocate_widths(const ir::Graph& lifted, const Model& m, const Scor
   distill::ReferenceOptions ro;
   ro.threads = opt.threads;
   c10::InferenceMode im;
+  // Log-probabilities [B, T, V] of a graph's executor on a batch.
+  auto log_probs = [](distill::ReferenceExecutor& ex, const Batch& b) -> Result<at::Tensor> {
+    ex.reset_cache();
+    KERF_ASSIGN_OR_RETURN(std::vector<float> lg, ex.forward_batch(b.tokens, b.B, b.T));
+    ex.reset_cache();
+    const int64_t V = static_cast<int64_t>(lg.size()) / (b.B * b.T);
+    return at::log_softmax(at::from_blob(lg.data(), {b.B, b.T, V}, at::kFloat), -1);  // a new tensor: lg may go
+  };
   // The unpruned model's log-probabilities and the real-position masks, once.
   std::vector<at::Tensor> tlp, mask;
   int64_t positions = 0;
   {
     KERF_ASSIGN_OR_RETURN(distill::ReferenceExecutor tex, distill::ReferenceExecutor::create(lifted, ro));
     for (const Batch& b : batches) {
-      tex.reset_cache();
-      KERF_ASSIGN_OR_RETURN(std::vector<float> lg, tex.forward_batch(b.tokens, b.B, b.T));
-      tex.reset_cache();
-      const int64_t V = static_cast<int64_t>(lg.size()) / (b.B * b.T);
-      tlp.push_back(at::log_softmax(at::from_blob(lg.data(), {b.B, b.T, V}, at::kFloat), -1).clone());
+      KERF_ASSIGN_OR_RETURN(at::Tensor lp, log_probs(tex, b));
+      tlp.push_back(lp);
       at::Tensor mk = at::zeros({b.B, b.T, 1}, at::kFloat);
       for (int64_t i = 0; i < b.B; ++i) mk[i].narrow(0, 0, b.len[static_cast<size_t>(i)]).fill_(1.f);
       positions += mk.sum().item<int64_t>();
@@ -392,11 +397,7 @@ Result<Plan> allocate_widths(const ir::Graph& lifted, const Model& m, const Scor
     KERF_ASSIGN_OR_RETURN(distill::ReferenceExecutor ex, distill::ReferenceExecutor::create(g, ro));
     double kl = 0;
     for (size_t i = 0; i < batches.size(); ++i) {
-      const Batch& b = batches[i];
-      ex.reset_cache();
-      KERF_ASSIGN_OR_RETURN(std::vector<float> lg, ex.forward_batch(b.tokens, b.B, b.T));
-      ex.reset_cache();
-      at::Tensor slp = at::log_softmax(at::from_blob(lg.data(), tlp[i].sizes(), at::kFloat), -1);
+      KERF_ASSIGN_OR_RETURN(at::Tensor slp, log_probs(ex, batches[i]));
       kl += ((tlp[i].exp() * (tlp[i] - slp)) * mask[i]).sum().item<double>();
     }
     return kl / static_cast<double>(positions);

@@ -570,6 +570,22 @@ TEST_CASE("qad: teacher samples and hidden-state loss from a recipe; hidden stat
     CHECK_THAT(ps->qad_log.back(), Catch::Contains("+ the distillation's 3 teacher samples"));
   }
 
+  // The measured allocation needs calibration text, whatever the importance metric.
+  {
+    pipeline::CompileOptions q;
+    q.model_path = kModel;
+    q.output_path = (dir / "m.kerf").string();
+    q.keep_ffn = 0.5;
+    q.importance = "magnitude";
+    q.prune_alloc = "measured";
+    q.threads = 1;
+    auto r = pipeline::compile(q);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == ErrorCode::kInvalidArgument);
+    CHECK_THAT(r.status().message(), Catch::Contains("--prune-alloc measured needs calibration text"));
+    CHECK_FALSE(std::filesystem::exists(q.output_path));
+  }
+
   // Hidden-state distillation of a student with a block removed: refused, naming the key.
   const auto recipe2 = dir / "d.yaml";
   {

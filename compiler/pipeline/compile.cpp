@@ -424,10 +424,12 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
   io.threads = opt.threads;
   io.progress = progress;
   std::vector<std::vector<int64_t>> calib;
-  if (io.metric != prune::Metric::kMagnitude || io.depth) {
+  const bool measured = opt.prune_alloc == "measured";
+  if (io.metric != prune::Metric::kMagnitude || io.depth || measured) {
     if (opt.calib_path.empty())
-      return InvalidArgument(std::string("pruning by ") + prune::metric_name(io.metric) +
-                             " importance needs calibration text: pass --calib FILE (or --importance magnitude)");
+      return InvalidArgument(measured ? std::string("--prune-alloc measured needs calibration text: pass --calib FILE")
+                                      : std::string("pruning by ") + prune::metric_name(io.metric) +
+                                            " importance needs calibration text: pass --calib FILE (or --importance magnitude)");
     const StoryRange range = opt.calib_stories ? *opt.calib_stories : StoryRange{0, 128};
     std::string src;
     KERF_ASSIGN_OR_RETURN(calib, calibration_sequences(opt.calib_path, range, 0, tokenizer, vocab, lifted, &src));
@@ -435,9 +437,7 @@ Status prune_and_distill(const CompileOptions& opt, const Recipe* recipe, ir::Gr
   KERF_ASSIGN_OR_RETURN(prune::Scores sc, prune::compute_importance(lifted, m, calib, io));
   KERF_ASSIGN_OR_RETURN(prune::Plan plan, prune::make_plan(m, sc, po));
   if (plan.identity()) return InvalidArgument("pruning: the keep fractions round to the full model (nothing to remove)");
-  const bool measured = opt.prune_alloc == "measured";
   if (measured) {
-    if (calib.empty()) return InvalidArgument("--prune-alloc measured needs calibration text: pass --calib FILE");
     prune::AllocationOptions ao;
     ao.threads = opt.threads;
     ao.progress = progress;
