@@ -406,6 +406,52 @@ TEST_CASE("quantization-aware distillation lowers the KL, and the emitted quanti
   CHECK(kl / static_cast<double>(n) == Approx(rep->val_kl_best).epsilon(1e-3));
 }
 
+TEST_CASE("qad init: gptq starts training from the post-training GPTQ result", "[calib][qad][e2e]") {
+  const auto dir = std::filesystem::temp_directory_path() / "kerf_test_qad_init";
+  std::filesystem::create_directories(dir);
+  // The validation KL before training, from the set-up line "... val KL X before training".
+  auto initial_kl = [&](const std::string& init) {
+    const auto recipe = dir / (init + ".yaml");
+    {
+      std::ofstream f(recipe);
+      f << "calibration: {stories: \"0:16\"}\n"
+           "default: {precision: int3_asym:g32, method: gptq, rule: rtn}\n"
+           "tensors:\n  - match: embedding\n    precision: int8_sym:row\n"
+           "qad: {steps: 1, batch: 2, seq_len: 64, stories: \"0:12\", val_fraction: 0.25, eval_every: 1, init: "
+        << init << "}\n";
+    }
+    pipeline::CompileOptions o;
+    o.model_path = kModel;
+    o.output_path = (dir / (init + ".kerf")).string();
+    o.calib_path = kText;
+    o.recipe_path = recipe.string();
+    o.threads = 1;
+    auto s = pipeline::compile(o);
+    INFO(s.status().to_string());
+    REQUIRE(s.ok());
+    REQUIRE_FALSE(s->qad_log.empty());
+    const std::string& first = s->qad_log.front();
+    const auto at = first.find("val KL ");
+    REQUIRE(at != std::string::npos);
+    return std::stod(first.substr(at + 7));
+  };
+  const double kl_fp = initial_kl("fp");
+  const double kl_gptq = initial_kl("gptq");
+  // INT3 g32: the RTN forward of the FP weights is much further from the teacher than the GPTQ result
+  // (which also shows the teacher stayed the FP model: a teacher equal to the student would give ~0).
+  CHECK(kl_gptq < 0.8 * kl_fp);
+  CHECK(kl_gptq > 0.01);
+
+  // Refused: an unknown init.
+  auto bad = pipeline::parse_recipe_text("qad: {steps: 2, init: awq}\n", "b.yaml");
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(bad.status().message(), Catch::Contains("qad.init") && Catch::Contains("awq"));
+  auto fine = pipeline::parse_recipe_text("qad: {steps: 2, init: gptq}\n", "g.yaml");
+  REQUIRE(fine.ok());
+  CHECK(fine->qad_init_gptq);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("kerf compile: recipes needing calibration say so; --strict rejects an override that matches nothing",
           "[calib][recipe]") {
   pipeline::CompileOptions o;

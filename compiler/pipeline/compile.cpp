@@ -214,6 +214,13 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
   auto progress = [&](const std::string& line) {
     if (opt.progress) progress::log(line);  // a log line / event of the process's reporter (progress.h)
   };
+  auto calib_options = [&] {
+    quant::CalibOptions co;
+    co.threads = opt.threads;
+    co.sequential = r.sequential;
+    co.gptq = r.gptq;
+    return co;
+  };
   KERF_ASSIGN_OR_RETURN(std::vector<quant::WeightUse> uses, quant::enumerate_weights(lifted));
   std::vector<std::string> unmatched;
   std::map<std::string, quant::TensorChoice> choices = recipe_choices(r, uses, &unmatched);
@@ -289,6 +296,31 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
     const size_t n_val = static_cast<size_t>(std::floor(r.qad_val_fraction * static_cast<double>(seqs.size())));
     std::vector<std::vector<int64_t>> val(seqs.end() - static_cast<std::ptrdiff_t>(n_val), seqs.end());
     seqs.resize(seqs.size() - n_val);
+    // The teacher is the FP model (the unpruned one after pruning), taken before any initialization.
+    const ir::Graph teacher = teacher_graph ? *teacher_graph : lifted;
+    if (r.qad_init_gptq) {
+      // Training starts from the post-training result: every quantized matrix is GPTQ-quantized
+      // with its precision and rule, and its latent weights become the dequantized values.
+      if (calib.empty()) return InvalidArgument("qad.init: gptq needs calibration data: pass --calib FILE");
+      std::map<std::string, quant::TensorChoice> gc = choices;
+      for (auto& [t, ch] : gc)
+        if (!ch.spec.plain()) ch.method = quant::Method::kGptq;
+      ir::Graph g = lifted;
+      const quant::CalibOptions co = calib_options();
+      const auto ti = std::chrono::steady_clock::now();
+      auto qm = quant::quantize_calibrated(g, gc, calib, co);
+      if (!qm.ok()) return qm.status().with_context("qad.init: gptq");
+      for (const auto& [name, qt] : qm->tensors) {
+        if (gc.at(name).spec.plain()) continue;
+        KERF_ASSIGN_OR_RETURN(std::vector<float> d, quant::dequantize(qt));
+        lifted.initializers[name] = ir::Tensor::from_f32({qt.rows, qt.cols}, d);
+      }
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "qad: latent weights start at the GPTQ result (%.3f bpw, %.1f s)", qm->bpw,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - ti).count());
+      progress(buf);
+      (*meta)["compile.qad_init"] = "gptq";
+    }
     std::map<std::string, std::pair<quant::QSpec, quant::ParamRule>> prec;
     for (auto& [t, ch] : choices) {
       // The emitted quantizer must be the one in the training forward: RTN with the tensor's rule
@@ -297,7 +329,6 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
       ch.method = quant::Method::kRtn;
       prec[t] = {ch.spec, ch.rule};
     }
-    const ir::Graph teacher = teacher_graph ? *teacher_graph : lifted;
     distill::QadOptions qo = r.qad_options;
     if (opt.seed >= 0) qo.seed = static_cast<uint64_t>(opt.seed);
     qo.threads = opt.threads;
@@ -321,10 +352,7 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
     s->qad_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tq).count();
   }
 
-  quant::CalibOptions co;
-  co.threads = opt.threads;
-  co.sequential = r.sequential;
-  co.gptq = r.gptq;
+  quant::CalibOptions co = calib_options();
   co.awq = r.awq;
   co.awq_clip = r.awq_clip;
   co.progress = progress;

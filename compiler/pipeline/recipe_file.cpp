@@ -242,7 +242,9 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
                         int& teacher_samples, bool extra) -> Status {
       const std::vector<std::string> keys = {"steps", "lr", "batch", "seq_len", "stories", "val_fraction", "temperature", "seed",
                                              "weight_decay", "warmup", "eval_every", "hidden_weight", "teacher_samples"};
-      KERF_RETURN_IF_ERROR(check_keys(c, q, sec, std::set<std::string>(keys.begin(), keys.end())));
+      std::set<std::string> allowed(keys.begin(), keys.end());
+      if (sec == "qad") allowed.insert("init");
+      KERF_RETURN_IF_ERROR(check_keys(c, q, sec, allowed));
       if (q["steps"]) KERF_RETURN_IF_ERROR(get(c, q["steps"], sec + ".steps", &o.steps));
       if (q["lr"]) KERF_RETURN_IF_ERROR(get(c, q["lr"], sec + ".lr", &o.lr));
       if (q["batch"]) KERF_RETURN_IF_ERROR(get(c, q["batch"], sec + ".batch", &o.batch));
@@ -276,6 +278,12 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
     if (const YAML::Node q = root["qad"]) {
       r.qad = true;
       KERF_RETURN_IF_ERROR(training(q, "qad", r.qad_options, r.qad_stories, r.qad_val_fraction, r.qad_teacher_samples, false));
+      if (q["init"]) {
+        std::string init;
+        KERF_RETURN_IF_ERROR(get(c, q["init"], "qad.init", &init));
+        if (init != "fp" && init != "gptq") return c.err("qad.init", "expected fp or gptq, got '" + init + "'");
+        r.qad_init_gptq = init == "gptq";
+      }
     }
     if (const YAML::Node q = root["distill"]) {
       r.distill = true;

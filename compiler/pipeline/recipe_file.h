@@ -33,6 +33,9 @@
 //     teacher_samples: 0                  #   sequences sampled from the FP model added to the training
 //                                         #   stories (data-free augmentation, distill/qad.h)
 //     hidden_weight: 0.0                  #   normalized MSE on every block output vs the FP model
+//     init: fp                            #   latent weights start at the FP weights (fp), or at the
+//                                         #   GPTQ-quantized ones (gptq: training starts from the
+//                                         #   post-training result; needs --calib)
 //   prune:                                # optional: structured pruning (prune/prune.h) before quantization
 //     keep_heads: 0.75                    #   fractions kept; or budget: "flops:0.6" / "params:0.5"
 //     keep_ffn: 0.5
@@ -136,6 +139,7 @@ struct Recipe {
   StoryRange qad_stories{0, 400};
   double qad_val_fraction = 0.05;
   int qad_teacher_samples = 0;           ///< qad: sequences sampled from the FP model added to the training text
+  bool qad_init_gptq = false;            ///< qad: init: gptq (the latent weights start at the GPTQ result)
   // Structured pruning and distillation (compile: prune -> distill -> quantize).
   bool prune = false;
   double keep_heads = 1, keep_ffn = 1, keep_embed = 1;
