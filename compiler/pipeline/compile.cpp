@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -296,19 +297,21 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
     const size_t n_val = static_cast<size_t>(std::floor(r.qad_val_fraction * static_cast<double>(seqs.size())));
     std::vector<std::vector<int64_t>> val(seqs.end() - static_cast<std::ptrdiff_t>(n_val), seqs.end());
     seqs.resize(seqs.size() - n_val);
-    // The teacher is the FP model (the unpruned one after pruning), taken before any initialization.
-    const ir::Graph teacher = teacher_graph ? *teacher_graph : lifted;
+    // The teacher is the FP model (the unpruned one after pruning), taken before any initialization;
+    // a copy only when it is `lifted` itself.
+    std::optional<ir::Graph> fp;
+    if (!teacher_graph) fp = lifted;
+    const ir::Graph& teacher = teacher_graph ? *teacher_graph : *fp;
     if (r.qad_init_gptq) {
       // Training starts from the post-training result: every quantized matrix is GPTQ-quantized
-      // with its precision and rule, and its latent weights become the dequantized values.
+      // with its precision and rule, and its latent weights become the dequantized values. GPTQ for
+      // every choice: no AWQ fold, so quantize_calibrated leaves `lifted` as it is (no copy needed).
       if (calib.empty()) return InvalidArgument("qad.init: gptq needs calibration data: pass --calib FILE");
       std::map<std::string, quant::TensorChoice> gc = choices;
-      for (auto& [t, ch] : gc)
-        if (!ch.spec.plain()) ch.method = quant::Method::kGptq;
-      ir::Graph g = lifted;
+      for (auto& [t, ch] : gc) ch.method = quant::Method::kGptq;
       const quant::CalibOptions co = calib_options();
       const auto ti = std::chrono::steady_clock::now();
-      auto qm = quant::quantize_calibrated(g, gc, calib, co);
+      auto qm = quant::quantize_calibrated(lifted, gc, calib, co);
       if (!qm.ok()) return qm.status().with_context("qad.init: gptq");
       for (const auto& [name, qt] : qm->tensors) {
         if (gc.at(name).spec.plain()) continue;
