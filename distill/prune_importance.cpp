@@ -441,7 +441,7 @@ Result<Plan> allocate_widths(const ir::Graph& lifted, const Model& m, const Scor
   std::vector<int64_t> full_heads, full_ffn;
   int64_t fmax = 0;
   for (const Block& b : m.blocks) {
-    full_heads.push_back(mode == HeadMode::kKvGroups ? b.n_kv_heads : b.n_heads / b.n_kv_heads);
+    full_heads.push_back(full_head_units(b, mode));
     full_ffn.push_back(b.ffn_dim);
     fmax = std::max(fmax, b.ffn_dim);
   }

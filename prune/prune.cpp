@@ -322,6 +322,10 @@ Widths widths_of(const Model& m, const Plan& p, HeadMode mode) {
   return w;
 }
 
+int64_t full_head_units(const Block& b, HeadMode mode) {
+  return mode == HeadMode::kKvGroups ? b.n_kv_heads : b.n_heads / b.n_kv_heads;
+}
+
 Result<Plan> plan_with_widths(const Model& m, const Scores& s, HeadMode mode, const Widths& w, const Plan& base) {
   const size_t L = m.blocks.size();
   if ((!w.head_units.empty() && w.head_units.size() != L) || (!w.ffn.empty() && w.ffn.size() != L))
@@ -333,7 +337,7 @@ Result<Plan> plan_with_widths(const Model& m, const Scores& s, HeadMode mode, co
     if ((mode == HeadMode::kKvGroups ? s.kv_groups.size() : s.heads.size()) != L) return InvalidArgument("pruning widths: no head scores (" + s.method + ")");
     for (size_t l = 0; l < L; ++l) {
       const Block& b = m.blocks[l];
-      const int64_t full = mode == HeadMode::kKvGroups ? b.n_kv_heads : b.n_heads / b.n_kv_heads;
+      const int64_t full = full_head_units(b, mode);
       if (w.head_units[l] < 1 || w.head_units[l] > full)
         return InvalidArgument("pruning widths: block " + std::to_string(l) + " keeps " + std::to_string(w.head_units[l]) + " head units of " + std::to_string(full));
       add_heads(b, s, l, mode, w.head_units[l], &p);

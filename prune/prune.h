@@ -116,6 +116,10 @@ struct Widths {
 /// The widths a plan keeps (empty vectors for kinds the plan leaves whole).
 Widths widths_of(const Model& m, const Plan& p, HeadMode mode);
 
+/// Head units of the unpruned block b: its KV groups (kv-groups mode) or its query heads per KV
+/// group (query-heads mode).
+int64_t full_head_units(const Block& b, HeadMode mode);
+
 /// The plan that keeps, in block l, the w.head_units[l] highest-scored head units and the w.ffn[l]
 /// highest-scored FFN channels (scores as make_plan uses them); embedding channels and dropped blocks
 /// are copied from `base`. Blocks may differ in width (the runtime reads every Attention's n_heads /
