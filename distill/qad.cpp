@@ -36,7 +36,60 @@ struct Param {
   quant::QSpec spec;
   quant::ParamRule rule = quant::ParamRule::kRtn;
   int64_t rows = 0, cols = 0;
+  // learn_scales: a fake-quantized matrix's scale / min tensors ([rows, ng], indices into the
+  // parameter list), and for those tensors themselves: group_param, LSQ's gradient scale and
+  // the sign each scale keeps (the rule's sign: the Q4_0 rule's scales are negative).
+  int s_idx = -1, m_idx = -1;
+  bool group_param = false;
+  double grad_scale = 1.0;
+  at::Tensor sign;
 };
+
+/// LSQ forward of a matrix with learned group parameters: the exact artifact quantizer
+/// (quantize_with_params) as the value, the LSQ / LSQ+ straight-through gradients (qad.h,
+/// learn_scales) for w, s and m.
+Result<at::Tensor> lsq_fake_quant(const Param& p, const Param& sp, const Param* mp, bool with_grad) {
+  const int64_t ng = sp.w.size(1), g = p.spec.group_for(p.cols);
+  at::Tensor sv = sp.w.detach().contiguous(), mv = mp ? mp->w.detach().contiguous() : at::Tensor();
+  std::vector<quant::GroupParams> gp(static_cast<size_t>(p.rows * ng));
+  for (size_t i = 0; i < gp.size(); ++i) {
+    gp[i].scale = sv.data_ptr<float>()[i];
+    gp[i].min = mp ? mv.data_ptr<float>()[i] : 0.f;
+  }
+  at::Tensor w = p.w.detach().contiguous();
+  KERF_ASSIGN_OR_RETURN(quant::Unpacked u, quant::quantize_with_params(w.data_ptr<float>(), p.rows, p.cols, p.spec, gp));
+  KERF_ASSIGN_OR_RETURN(std::vector<float> d, quant::dequantize(u));
+  at::Tensor wq = at::from_blob(d.data(), {p.rows, p.cols}, at::kFloat).clone();
+  if (!with_grad) return wq;
+  std::vector<float> codes(u.codes.begin(), u.codes.end()), ss(gp.size()), ms(gp.size());
+  for (size_t i = 0; i < gp.size(); ++i) ss[i] = u.params[i].scale, ms[i] = u.params[i].min;
+  auto expand = [&](const at::Tensor& t) { return t.repeat_interleave(g, 1).narrow(1, 0, p.cols); };
+  const at::Tensor q = at::from_blob(codes.data(), {p.rows, p.cols}, at::kFloat).clone();
+  at::Tensor f;
+  if (p.spec.kind == quant::QKind::kBinary) {
+    f = expand(sp.w) * q + p.w;
+  } else {
+    const at::Tensor sd = expand(at::from_blob(ss.data(), {p.rows, ng}, at::kFloat).clone());
+    const at::Tensor md = expand(at::from_blob(ms.data(), {p.rows, ng}, at::kFloat).clone());
+    const at::Tensor live = sd.ne(0);
+    const at::Tensor x = at::where(live, (w - md) / at::where(live, sd, at::ones_like(sd)), at::zeros_like(sd));
+    const at::Tensor in = (live & x.ge(p.spec.qmin()) & x.le(p.spec.qmax())).to(at::kFloat);
+    f = expand(sp.w) * (q - in * x) + p.w * in;
+    if (mp) f = f + expand(mp->w) * (1 - in);
+  }
+  return f + (wq - f).detach();
+}
+
+/// The group parameters of `p` as the rule chooses them from its current weights (unsnapped
+/// values of the representable result): the starting point of learned scales.
+Result<std::pair<at::Tensor, at::Tensor>> rule_params(const Param& p) {
+  at::Tensor w = p.w.detach().contiguous();
+  KERF_ASSIGN_OR_RETURN(quant::Unpacked u, quant::quantize_rtn_unpacked(w.data_ptr<float>(), p.rows, p.cols, p.spec, nullptr, p.rule));
+  const int64_t ng = static_cast<int64_t>(u.params.size()) / p.rows;
+  std::vector<float> sv, mv;
+  for (const auto& gp : u.params) sv.push_back(gp.scale), mv.push_back(gp.min);
+  return std::make_pair(at::from_blob(sv.data(), {p.rows, ng}, at::kFloat).clone(), at::from_blob(mv.data(), {p.rows, ng}, at::kFloat).clone());
+}
 
 /// Q(W): the artifact's quantizer applied to the current weights, dequantized (float32).
 Result<at::Tensor> fake_quant(const Param& p) {
@@ -51,6 +104,12 @@ Result<at::Tensor> fake_quant(const Param& p) {
 Result<std::map<std::string, at::Tensor>> effective(std::vector<Param>& ps, bool with_grad) {
   std::map<std::string, at::Tensor> out;
   for (Param& p : ps) {
+    if (p.group_param) continue;
+    if (p.s_idx >= 0) {
+      KERF_ASSIGN_OR_RETURN(out[p.name], lsq_fake_quant(p, ps[static_cast<size_t>(p.s_idx)], p.m_idx >= 0 ? &ps[static_cast<size_t>(p.m_idx)] : nullptr,
+                                                        with_grad));
+      continue;
+    }
     if (!p.fake_quant) {
       out[p.name] = with_grad ? p.w : p.w.detach();
       continue;
@@ -202,6 +261,32 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
     p.w = at::from_blob(w.data(), shape, at::kFloat).clone().set_requires_grad(true);
     ps.push_back(std::move(p));
   }
+  if (opt.learn_scales) {
+    if (!(opt.scale_lr > 0)) return InvalidArgument(opt.label + ": scale_lr must be > 0");
+    const size_t n = ps.size();
+    for (size_t i = 0; i < n; ++i) {
+      if (!ps[i].fake_quant) continue;
+      KERF_ASSIGN_OR_RETURN(auto sm, rule_params(ps[i]));
+      const quant::QSpec spec = ps[i].spec;
+      Param s;
+      s.name = ps[i].name + "#scale";
+      s.group_param = true;
+      s.grad_scale = 1.0 / std::sqrt(static_cast<double>(spec.group_for(ps[i].cols)) * std::max(1, std::max(-spec.qmin(), spec.qmax())));
+      s.sign = at::where(sm.first.lt(0), at::full_like(sm.first, -1.0), at::ones_like(sm.first));
+      s.w = sm.first.set_requires_grad(true);
+      ps[i].s_idx = static_cast<int>(ps.size());
+      ps.push_back(std::move(s));
+      if (spec.kind == quant::QKind::kAsym) {
+        Param m;
+        m.name = ps[i].name + "#min";
+        m.group_param = true;
+        m.grad_scale = ps.back().grad_scale;
+        m.w = sm.second.set_requires_grad(true);
+        ps[i].m_idx = static_cast<int>(ps.size());
+        ps.push_back(std::move(m));
+      }
+    }
+  }
   for (Param& p : ps) {
     p.m = at::zeros_like(p.w.detach());
     p.v = at::zeros_like(p.w.detach());
@@ -322,10 +407,13 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
   if (opt.checkpoint_initial)
     for (const Param& p : ps) init.push_back(p.w.detach().clone());
   {
-    char buf[200];
-    std::snprintf(buf, sizeof buf, "%s: %zu tensors (%zu fake-quantized), %zu training / %zu validation sequences; val KL %.4f before training",
-                  opt.label.c_str(), ps.size(), static_cast<size_t>(std::count_if(ps.begin(), ps.end(), [](const Param& p) { return p.fake_quant; })),
-                  train.size(), val.size(), rep.val_kl_initial);
+    char buf[240];
+    const auto groups = std::count_if(ps.begin(), ps.end(), [](const Param& p) { return p.group_param; });
+    std::snprintf(buf, sizeof buf, "%s: %zu tensors (%zu fake-quantized%s), %zu training / %zu validation sequences; val KL %.4f before training",
+                  opt.label.c_str(), ps.size() - static_cast<size_t>(groups),
+                  static_cast<size_t>(std::count_if(ps.begin(), ps.end(), [](const Param& p) { return p.fake_quant; })),
+                  groups > 0 ? (", " + std::to_string(groups) + " learned group-parameter tensors").c_str() : "", train.size(), val.size(),
+                  rep.val_kl_initial);
     say(buf);
     rep.log.push_back(buf);
   }
@@ -348,6 +436,10 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
                   opt.steps, opt.batch, opt.seq_len, opt.lr, opt.weight_decay, opt.warmup, opt.temperature, opt.clip, opt.eval_every,
                   static_cast<unsigned long long>(opt.seed), world, opt.bucket ? 1 : 0, opt.hidden_weight);
     options_text = buf;
+    if (opt.learn_scales) {
+      std::snprintf(buf, sizeof buf, " learn_scales %.9g", opt.scale_lr);
+      options_text += buf;
+    }
   }
   auto checkpoint = [&](int step) -> Status {
     if (opt.checkpoint_path.empty() || rank != 0) return Status::Ok();
@@ -491,6 +583,8 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
         }
     loss_avg = step == 1 ? lv : 0.9 * loss_avg + 0.1 * lv;
     tokens_seen += static_cast<int64_t>(global_positions);
+    for (size_t i = 0; i < ps.size(); ++i)
+      if (ps[i].group_param && grads[i].defined()) grads[i] = grads[i] * ps[i].grad_scale;
     {
       c10::NoGradGuard ng;
       double norm2 = 0;
@@ -511,7 +605,9 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
         p.v.mul_(b2).addcmul_(g, g, 1 - b2);
         at::Tensor w = p.w.detach();
         if (opt.weight_decay > 0 && p.rows > 0) w.mul_(1.0 - lr * opt.weight_decay);
-        w.addcdiv_(p.m / bc1, (p.v / bc2).sqrt_().add_(eps), -lr);
+        w.addcdiv_(p.m / bc1, (p.v / bc2).sqrt_().add_(eps), p.group_param ? -lr * opt.scale_lr : -lr);
+        // A learned scale keeps its sign and stays away from 0 (where it would get no gradient).
+        if (p.sign.defined()) w.copy_(p.sign * (w * p.sign).clamp_min(1e-6));
       }
     }
     if (step % opt.eval_every == 0 || step == opt.steps) {
@@ -542,12 +638,60 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
   rep.tokens_per_second = static_cast<double>(tokens_seen - tokens_at_start) / std::max(since(t_train), 1e-9);
   // Keep the best weights (validation), as float32 initializers of the student graph.
   for (size_t i = 0; i < ps.size(); ++i) {
+    if (ps[i].group_param) continue;
     at::Tensor w = best[i].contiguous();
     std::vector<float> v(w.data_ptr<float>(), w.data_ptr<float>() + w.numel());
     std::vector<int64_t> shape(w.sizes().begin(), w.sizes().end());
     student.initializers[ps[i].name] = ir::Tensor::from_f32(shape, v);
+    if (ps[i].s_idx < 0) continue;
+    const at::Tensor sv = best[static_cast<size_t>(ps[i].s_idx)].contiguous();
+    const at::Tensor mv = ps[i].m_idx >= 0 ? best[static_cast<size_t>(ps[i].m_idx)].contiguous() : at::Tensor();
+    std::vector<quant::GroupParams>& gp = rep.params[ps[i].name];
+    gp.resize(static_cast<size_t>(sv.numel()));
+    for (size_t k = 0; k < gp.size(); ++k) {
+      gp[k].scale = sv.data_ptr<float>()[k];
+      gp[k].min = mv.defined() ? mv.data_ptr<float>()[k] : 0.f;
+    }
   }
   return rep;
+}
+
+Result<LsqGradients> lsq_gradients(const float* w, int64_t rows, int64_t cols, const quant::QSpec& spec,
+                                   const std::vector<quant::GroupParams>& params, const float* upstream) {
+  if (spec.plain()) return InvalidArgument("lsq_gradients: plain spec '" + quant::to_string(spec) + "' has no group parameters");
+  if (!w || !upstream) return InvalidArgument("lsq_gradients: null weight or upstream pointer");
+  if (rows < 1 || cols < 1) return InvalidArgument("lsq_gradients: rows and cols must be >= 1");
+  const int64_t g = spec.group_for(cols), ng = (cols + g - 1) / g;
+  if (static_cast<int64_t>(params.size()) != rows * ng)
+    return InvalidArgument("lsq_gradients: " + std::to_string(params.size()) + " group parameters, need " + std::to_string(rows * ng));
+  Param p;
+  p.rows = rows;
+  p.cols = cols;
+  p.spec = spec;
+  p.w = at::from_blob(const_cast<float*>(w), {rows, cols}, at::kFloat).clone().set_requires_grad(true);
+  std::vector<float> sv, mv;
+  for (const auto& gp : params) sv.push_back(gp.scale), mv.push_back(gp.min);
+  Param sp, mp;
+  sp.w = at::from_blob(sv.data(), {rows, ng}, at::kFloat).clone().set_requires_grad(true);
+  mp.w = at::from_blob(mv.data(), {rows, ng}, at::kFloat).clone().set_requires_grad(true);
+  const bool asym = spec.kind == quant::QKind::kAsym;
+  c10::AutoGradMode grad_on(true);
+  KERF_ASSIGN_OR_RETURN(at::Tensor q, lsq_fake_quant(p, sp, asym ? &mp : nullptr, true));
+  const at::Tensor up = at::from_blob(const_cast<float*>(upstream), {rows, cols}, at::kFloat);
+  std::vector<at::Tensor> leaves = {p.w, sp.w};
+  if (asym) leaves.push_back(mp.w);
+  std::vector<at::Tensor> gr = torch::autograd::grad({(q * up).sum()}, leaves, {}, false, false, true);
+  auto vec = [](const at::Tensor& t, int64_t n) {
+    if (!t.defined()) return std::vector<float>(static_cast<size_t>(n), 0.f);
+    const at::Tensor c = t.detach().contiguous();
+    return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+  };
+  LsqGradients out;
+  out.value = vec(q, rows * cols);
+  out.dw = vec(gr[0], rows * cols);
+  out.ds = vec(gr[1], rows * ng);
+  out.dm = asym ? vec(gr[2], rows * ng) : std::vector<float>(static_cast<size_t>(rows * ng), 0.f);
+  return out;
 }
 
 }  // namespace kerf::distill

@@ -45,6 +45,17 @@ struct QadOptions {
   std::function<void(const std::string&)> progress;
   std::string label = "qad";     ///< progress / log prefix ("distill" for plain knowledge distillation)
   bool bucket = true;            ///< batches of sequences of similar length (less padding); else uniform sampling
+  /// Learned step sizes (LSQ, Esser et al. 2020; LSQ+ offsets for asym, Bhalgat et al. 2020): every
+  /// fake-quantized matrix's group parameters (scale, and min for asym) become trained tensors,
+  /// initialized with the tensor's rule, instead of being recomputed from the weights each step.
+  /// The forward stays exact (quant::quantize_with_params: snapped to fp16 / the k6 grid, codes
+  /// by quantize_value); gradients: d/dw = 1 inside the code range (x = (w - m) / s within
+  /// [qmin, qmax]) else 0, d/ds = q - x inside and q outside, d/dm = 0 inside and 1 outside;
+  /// binary: d/dw = 1, d/ds = q. Scale gradients are multiplied by LSQ's 1 / sqrt(n * qmax)
+  /// (n = group size) and stepped at lr * scale_lr, without weight decay. The trained parameters
+  /// are returned in QadReport::params; quantizing with them reproduces the trained forward.
+  bool learn_scales = false;
+  double scale_lr = 1.0;
   bool cache_teacher = true;     ///< compute the teacher's logits (and hidden taps) once per training sequence
                                  ///< when no sequence is longer than seq_len and they fit in 2 GiB
   /// Optional hidden-state distillation: loss += hidden_weight * mean over pairs of
@@ -77,6 +88,10 @@ struct QadReport {
   double seconds = 0, tokens_per_second = 0;
   int resumed_from = 0;          ///< step the run resumed from (0 = fresh)
   std::vector<std::string> log;  ///< one line per validation
+  /// learn_scales: per fake-quantized matrix the trained (best) group parameters, unsnapped, flat
+  /// group order [rows * ng]; quant::quantize_with_params(latent weights, spec, params) is the
+  /// trained forward's weight. Empty otherwise.
+  std::map<std::string, std::vector<quant::GroupParams>> params;
 };
 
 /// Trains `student` in place (its weight-matrix and norm initializers become float32, the
@@ -88,6 +103,19 @@ Result<QadReport> quantization_aware_distill(ir::Graph& student, const ir::Graph
                                              const std::map<std::string, std::pair<quant::QSpec, quant::ParamRule>>& precision,
                                              const std::vector<std::vector<int64_t>>& train,
                                              const std::vector<std::vector<int64_t>>& val, const QadOptions& opt);
+
+/// The learned-scale (learn_scales) forward and straight-through gradients of one matrix, as the
+/// training computes them, for L = sum(upstream ⊙ Q(W)): `w` [rows, cols] float32, `params`
+/// [rows * ng] group parameters (unsnapped; min used for asym only), `upstream` [rows, cols] = dL/dQ.
+/// value = quant::quantize_with_params dequantized; dw [rows, cols], ds / dm [rows * ng] (dm all 0
+/// unless asym) by the rules in QadOptions::learn_scales, before LSQ's gradient scale.
+/// Errors: kInvalidArgument (plain spec, null pointers, params.size() != rows * ng) and
+/// quantize_with_params's errors.
+struct LsqGradients {
+  std::vector<float> value, dw, ds, dm;
+};
+Result<LsqGradients> lsq_gradients(const float* w, int64_t rows, int64_t cols, const quant::QSpec& spec,
+                                   const std::vector<quant::GroupParams>& params, const float* upstream);
 
 /// Data-free augmentation: `n` sequences sampled from `teacher` (a lifted LM graph), each starting
 /// with `bos` and ending before the first `bos` / `eos` the model emits or at `max_len` tokens;

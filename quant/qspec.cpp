@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 
@@ -941,21 +942,65 @@ Result<std::vector<float>> dequantize(const Unpacked& u) {
 }
 
 // ------------------------------------------------------------------ quantize
-Result<Unpacked> quantize_rtn_unpacked(const float* w, int64_t rows, int64_t cols, const QSpec& s,
-                                       const float* col_importance, ParamRule rule) {
-  KERF_RETURN_IF_ERROR(validate(s).with_context("quantize_rtn"));
-  if (s.plain()) return InvalidArgument("quantize_rtn: plain spec '" + to_string(s) + "' has no unpacked form");
-  if (w == nullptr) return InvalidArgument("quantize_rtn: null weight pointer");
-  KERF_RETURN_IF_ERROR(check_shape("quantize_rtn", rows, cols));
-  if (rule == ParamRule::kTwn && s.kind != QKind::kTernary)
-    return InvalidArgument("quantize_rtn: rule 'twn' applies to ternary only, not '" + to_string(s) + "'");
+namespace {
+/// The checks quantize_rtn_unpacked and quantize_with_params share (`what` names the caller).
+Status check_quantize_input(const char* what, const float* w, int64_t rows, int64_t cols, const QSpec& s) {
+  KERF_RETURN_IF_ERROR(validate(s).with_context(what));
+  if (s.plain()) return InvalidArgument(std::string(what) + ": plain spec '" + to_string(s) + "' has no unpacked form");
+  if (w == nullptr) return InvalidArgument(std::string(what) + ": null weight pointer");
+  KERF_RETURN_IF_ERROR(check_shape(what, rows, cols));
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c)
       if (!std::isfinite(w[r * cols + c]))
-        return BadInput(std::string("quantize_rtn: ") + (std::isnan(w[r * cols + c]) ? "NaN" : "Inf") + " weight at " + rc(r, c));
+        return BadInput(std::string(what) + ": " + (std::isnan(w[r * cols + c]) ? "NaN" : "Inf") + " weight at " + rc(r, c));
+  if (s.group_for(cols) > INT32_MAX)
+    return InvalidArgument(std::string(what) + ": group of " + std::to_string(s.group_for(cols)) + " columns is too large");
+  return Status::Ok();
+}
+
+/// Unpacked tensor of W under `grid`: params = grid.snap(init) (or `searched` per group when
+/// given), codes by quantize_value.
+Unpacked quantize_on_grid(const float* w, const ParamGrid& grid, const std::vector<GroupParams>& init,
+                          const std::function<GroupParams(int64_t)>& searched) {
+  const QSpec& s = grid.spec();
+  const int64_t rows = grid.rows(), cols = grid.cols(), g = grid.group(), ng = grid.groups_per_row(), NG = rows * ng;
+  Unpacked u;
+  u.spec = s;
+  u.rows = rows;
+  u.cols = cols;
+  u.codes.resize(static_cast<size_t>(rows * cols));
+  u.params.resize(static_cast<size_t>(NG));
+  u.super_d = grid.super_d();
+  u.super_dm = grid.super_dm();
+  for (int64_t i = 0; i < NG; ++i) {
+    const int64_t r = i / ng, c0 = (i % ng) * g, n = std::min(cols, c0 + g) - c0;
+    const float* wp = w + r * cols + c0;
+    const GroupParams p = searched ? searched(i) : grid.snap(i, init[static_cast<size_t>(i)]);
+    u.params[static_cast<size_t>(i)] = p;
+    for (int64_t k = 0; k < n; ++k) u.codes[static_cast<size_t>(r * cols + c0 + k)] = static_cast<int16_t>(quantize_value(s, p, wp[k]));
+  }
+  return u;
+}
+}  // namespace
+
+Result<Unpacked> quantize_with_params(const float* w, int64_t rows, int64_t cols, const QSpec& s,
+                                      const std::vector<GroupParams>& params) {
+  KERF_RETURN_IF_ERROR(check_quantize_input("quantize_with_params", w, rows, cols, s));
+  const int64_t g = s.group_for(cols), ng = (cols + g - 1) / g;
+  if (static_cast<int64_t>(params.size()) != rows * ng)
+    return InvalidArgument("quantize_with_params: " + std::to_string(params.size()) + " group parameters for [" + std::to_string(rows) +
+                           ", " + std::to_string(cols) + "] in groups of " + std::to_string(g) + " (need " + std::to_string(rows * ng) + ")");
+  KERF_ASSIGN_OR_RETURN(ParamGrid grid, ParamGrid::make(s, rows, cols, params));
+  return quantize_on_grid(w, grid, params, nullptr);
+}
+
+Result<Unpacked> quantize_rtn_unpacked(const float* w, int64_t rows, int64_t cols, const QSpec& s,
+                                       const float* col_importance, ParamRule rule) {
+  KERF_RETURN_IF_ERROR(check_quantize_input("quantize_rtn", w, rows, cols, s));
+  if (rule == ParamRule::kTwn && s.kind != QKind::kTernary)
+    return InvalidArgument("quantize_rtn: rule 'twn' applies to ternary only, not '" + to_string(s) + "'");
   KERF_RETURN_IF_ERROR(check_importance(col_importance, cols));
   const int64_t g = s.group_for(cols), ng = (cols + g - 1) / g, NG = rows * ng;
-  if (g > INT32_MAX) return InvalidArgument("quantize_rtn: group of " + std::to_string(g) + " columns is too large");
   const auto group_ptr = [&](int64_t i, const float** wp, const float** hp, int64_t* n) {
     const int64_t r = i / ng, j = i % ng, c0 = j * g;
     *wp = w + r * cols + c0;
@@ -972,30 +1017,16 @@ Result<Unpacked> quantize_rtn_unpacked(const float* w, int64_t rows, int64_t col
     init[static_cast<size_t>(i)] = choose_impl(s, wp, hp, n, rule, f16snap, &snapped);
   }
   KERF_ASSIGN_OR_RETURN(ParamGrid grid, ParamGrid::make(s, rows, cols, init));
-  Unpacked u;
-  u.spec = s;
-  u.rows = rows;
-  u.cols = cols;
-  u.codes.resize(static_cast<size_t>(rows * cols));
-  u.params.resize(static_cast<size_t>(NG));
-  u.super_d = grid.super_d();
-  u.super_dm = grid.super_dm();
-  const bool research = is_k6(s) && rule == ParamRule::kSearch;
-  for (int64_t i = 0; i < NG; ++i) {
+  if (!(is_k6(s) && rule == ParamRule::kSearch)) return quantize_on_grid(w, grid, init, nullptr);
+  // kK6 with kSearch: each group's search is re-run against the grid.
+  return quantize_on_grid(w, grid, init, [&](int64_t i) {
     const float *wp, *hp;
     int64_t n;
     group_ptr(i, &wp, &hp, &n);
     GroupParams p;
-    if (research) {
-      choose_impl(s, wp, hp, n, rule, Snapper{&s, &grid, i}, &p, &init[static_cast<size_t>(i)]);
-    } else {
-      p = grid.snap(i, init[static_cast<size_t>(i)]);
-    }
-    u.params[static_cast<size_t>(i)] = p;
-    const int64_t r = i / ng, c0 = (i % ng) * g;
-    for (int64_t k = 0; k < n; ++k) u.codes[static_cast<size_t>(r * cols + c0 + k)] = static_cast<int16_t>(quantize_value(s, p, wp[k]));
-  }
-  return u;
+    choose_impl(s, wp, hp, n, rule, Snapper{&s, &grid, i}, &p, &init[static_cast<size_t>(i)]);
+    return p;
+  });
 }
 
 Result<QuantTensor> quantize_rtn(const float* w, int64_t rows, int64_t cols, const QSpec& s,

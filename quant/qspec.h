@@ -228,5 +228,16 @@ Result<QuantTensor> quantize_rtn(const float* w, int64_t rows, int64_t cols, con
 /// As quantize_rtn, before packing (quantized specs only; kInvalidArgument for a plain spec).
 Result<Unpacked> quantize_rtn_unpacked(const float* w, int64_t rows, int64_t cols, const QSpec& s,
                                        const float* col_importance, ParamRule rule);
+/// Quantizes W [rows, cols] (float32, row-major) with GIVEN per-group parameters `params`
+/// [rows * ng] (flat group order, unsnapped float values, e.g. the step sizes learned by
+/// quantization-aware training, LSQ: Esser et al. 2020): grid = ParamGrid::make(params), each
+/// group's parameters snapped by grid.snap, codes by quantize_value. quantize_rtn_unpacked(w, s,
+/// h, rule) equals quantize_with_params(w, s, P) for P its rule's unsnapped parameters (kSearch on
+/// kK6 excepted, which re-searches against the grid). Errors: kInvalidArgument for a null w,
+/// rows / cols < 1, an invalid or plain spec, params.size() != rows * ng, a non-finite parameter;
+/// kBadInput for a NaN / Inf weight (row and col named); kUnsupported for parameters outside the
+/// fp16 range (row and group named).
+Result<Unpacked> quantize_with_params(const float* w, int64_t rows, int64_t cols, const QSpec& s,
+                                      const std::vector<GroupParams>& params);
 
 }  // namespace kerf::quant

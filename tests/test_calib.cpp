@@ -329,6 +329,8 @@ TEST_CASE("INT4 GPTQ recipe end to end: perplexity <= 5.61 at <= 5.44 bpw (issue
 
 TEST_CASE("quantization-aware distillation lowers the KL, and the emitted quantization is the trained forward",
           "[calib][qad]") {
+  const bool learn = GENERATE(false, true);  // learned scales (LSQ) or the rule's per-step scales
+  INFO("learn_scales " << learn);
   const auto train = stories(0, 40, 128);
   const auto val = stories(380, 384, 96);
   ir::Graph teacher = lifted();
@@ -349,12 +351,30 @@ TEST_CASE("quantization-aware distillation lowers the KL, and the emitted quanti
   qo.seq_len = 128;
   qo.lr = 2e-3;
   qo.threads = 1;
+  qo.learn_scales = learn;
   auto rep = distill::quantization_aware_distill(student, teacher, prec, train, val, qo);
   INFO(rep.status().to_string());
   REQUIRE(rep.ok());
   CHECK(rep->val_kl_initial > 0.5);             // INT2 everywhere: far from the teacher
   CHECK(rep->val_kl_best < 0.8 * rep->val_kl_initial);  // measured: ~0.5x after 12 steps
   CHECK(rep->log.size() == 3);
+  CHECK(rep->params.size() == (learn ? uses->size() : 0u));
+  if (learn) {
+    // Every matrix's trained group parameters; they moved away from the rule's parameters of the
+    // trained weights (else nothing was learned), and the compiler quantizes with them.
+    size_t moved = 0, total = 0;
+    for (const auto& u : *uses) {
+      const auto& gp = rep->params.at(u.tensor);
+      REQUIRE(static_cast<int64_t>(gp.size()) == u.rows * ((u.cols + 31) / 32));
+      const auto& w = student.initializers.at(u.tensor);
+      const std::vector<float> wf = w.to_f32();
+      auto rule = quant::quantize_rtn_unpacked(wf.data(), u.rows, u.cols, choices[u.tensor].spec, nullptr, quant::ParamRule::kRtn);
+      REQUIRE(rule.ok());
+      for (size_t i = 0; i < gp.size(); ++i, ++total) moved += std::fabs(gp[i].scale - rule->params[i].scale) > 1e-3f * std::fabs(rule->params[i].scale);
+      choices[u.tensor].params = gp;
+    }
+    CHECK(moved > total / 2);
+  }
 
   // Quantize the trained weights as the compiler does (RTN, same rule) and run them: the KL on the
   // validation sequences must be the one the distillation reported for its fake-quantized forward.
@@ -404,6 +424,65 @@ TEST_CASE("quantization-aware distillation lowers the KL, and the emitted quanti
     }
   }
   CHECK(kl / static_cast<double>(n) == Approx(rep->val_kl_best).epsilon(1e-3));
+}
+
+TEST_CASE("learned scales: LSQ straight-through gradients on hand cases; recipe keys", "[calib][qad]") {
+  auto spec = [](const char* t) {
+    auto s = quant::parse_qspec(t);
+    REQUIRE(s.ok());
+    return *s;
+  };
+  auto approx = [](const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) CHECK(a[i] == Approx(b[i]).margin(1e-6));
+  };
+  SECTION("int2_sym: x = w / s = 1.8, -0.4, 0.8, -2.6 in [-2, 1]") {
+    const std::vector<float> w = {0.9f, -0.2f, 0.4f, -1.3f}, up = {1.f, 2.f, 3.f, 4.f};
+    auto g = distill::lsq_gradients(w.data(), 1, 4, spec("int2_sym:g4"), {{0.5f, 0.f}}, up.data());
+    REQUIRE(g.ok());
+    approx(g->value, {0.5f, 0.f, 0.5f, -1.f});             // codes 1, 0, 1, -2
+    approx(g->dw, {0.f, 2.f, 3.f, 0.f});                   // straight through inside the range only
+    approx(g->ds, {1 * 1.f + 2 * 0.4f + 3 * 0.2f + 4 * -2.f});  // q outside, q - x inside: -5.6
+    approx(g->dm, {0.f});
+  }
+  SECTION("int2_asym: x = (w - m) / s = 0.4, 2, 3.6, -1.2 in [0, 3]") {
+    const std::vector<float> w = {0.1f, 0.5f, 0.9f, -0.3f}, up = {1.f, 1.f, 1.f, 1.f};
+    auto g = distill::lsq_gradients(w.data(), 1, 4, spec("int2_asym:g4"), {{0.25f, 0.f}}, up.data());
+    REQUIRE(g.ok());
+    approx(g->value, {0.f, 0.5f, 0.75f, 0.f});  // codes 0, 2, 3, 0
+    approx(g->dw, {1.f, 1.f, 0.f, 0.f});
+    approx(g->ds, {-0.4f + 0.f + 3.f + 0.f});   // 2.6
+    approx(g->dm, {2.f});                       // 1 per clamped weight (LSQ+)
+  }
+  SECTION("ternary and binary") {
+    const std::vector<float> w = {0.3f, -0.1f, 0.5f, -0.9f}, up = {1.f, 1.f, 1.f, 1.f};
+    auto t = distill::lsq_gradients(w.data(), 1, 4, spec("ternary:g4"), {{0.375f, 0.f}}, up.data());
+    REQUIRE(t.ok());
+    approx(t->value, {0.375f, 0.f, 0.375f, -0.375f});  // x = 0.8, -0.267, 1.333, -2.4: codes 1, 0, 1, -1
+    approx(t->dw, {1.f, 1.f, 0.f, 0.f});
+    approx(t->ds, {(1 - 0.8f) + 0.1f / 0.375f + 1.f - 1.f});  // 0.4667
+    auto b = distill::lsq_gradients(w.data(), 1, 4, spec("binary:g4"), {{0.25f, 0.f}}, up.data());
+    REQUIRE(b.ok());
+    approx(b->value, {0.25f, -0.25f, 0.25f, -0.25f});
+    approx(b->dw, {1.f, 1.f, 1.f, 1.f});  // sign: straight through everywhere
+    approx(b->ds, {0.f});                 // sum of the codes
+  }
+  SECTION("errors; recipe keys") {
+    const std::vector<float> w(8, 0.1f);
+    CHECK(distill::lsq_gradients(w.data(), 1, 8, spec("int2_sym:g4"), {{0.5f, 0.f}}, w.data()).status().code() ==
+          ErrorCode::kInvalidArgument);
+    CHECK_FALSE(distill::lsq_gradients(w.data(), 1, 8, spec("f16"), {}, w.data()).ok());
+    auto r = pipeline::parse_recipe_text("qad: {steps: 2, learn_scales: true, scale_lr: 0.5}\n", "l.yaml");
+    REQUIRE(r.ok());
+    CHECK(r->qad_options.learn_scales);
+    CHECK(r->qad_options.scale_lr == 0.5);
+    auto bad = pipeline::parse_recipe_text("qad: {steps: 2, learn_scales: true, scale_lr: 0}\n", "l.yaml");
+    REQUIRE_FALSE(bad.ok());
+    CHECK_THAT(bad.status().message(), Catch::Contains("qad.scale_lr"));
+    auto typo = pipeline::parse_recipe_text("qad: {steps: 2, learn_scales: maybe}\n", "l.yaml");
+    REQUIRE_FALSE(typo.ok());
+    CHECK_THAT(typo.status().message(), Catch::Contains("qad.learn_scales"));
+  }
 }
 
 TEST_CASE("qad init: gptq starts training from the post-training GPTQ result", "[calib][qad][e2e]") {

@@ -800,6 +800,67 @@ TEST_CASE("qspec: quantize_rtn / choose_group_params errors", "[qspec]") {
   CHECK_FALSE(quantize_rtn_unpacked(w.data(), 3, 10, spec("f32"), nullptr, ParamRule::kRtn).ok());
 }
 
+TEST_CASE("qspec: quantize_with_params equals the rule's quantize_rtn for its parameters; hand case; errors", "[qspec]") {
+  // Every kind x scale format x rule (kSearch without importances; k6 + kSearch re-searches against
+  // the grid, so it is not a given-parameter quantizer): quantizing with the rule's unsnapped
+  // parameters reproduces quantize_rtn_unpacked bit for bit (codes, params, super-scales).
+  const int64_t rows = 5, cols = 37;  // g16: a partial last group; 15 groups span two k6 super-blocks
+  const std::vector<float> w = gaussian(static_cast<size_t>(rows * cols), 11);
+  for (const std::string& kind : all_kinds())
+    for (const std::string& fmt_ : {std::string(""), std::string(":k6")})
+      for (ParamRule rule : {ParamRule::kRtn, ParamRule::kSearch, ParamRule::kTwn}) {
+        if (rule == ParamRule::kTwn && kind != "ternary") continue;
+        if (rule == ParamRule::kSearch && !fmt_.empty()) continue;
+        const QSpec s = spec(kind + ":g16" + fmt_);
+        INFO(to_string(s) << " " << param_rule_name(rule));
+        std::vector<GroupParams> init;
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+            auto gp = choose_group_params(s, w.data() + r * cols + c0, nullptr, std::min<int64_t>(16, cols - c0), rule);
+            REQUIRE(gp.ok());
+            init.push_back(*gp);
+          }
+        auto a = quantize_rtn_unpacked(w.data(), rows, cols, s, nullptr, rule);
+        auto b = quantize_with_params(w.data(), rows, cols, s, init);
+        REQUIRE(a.ok());
+        REQUIRE(b.ok());
+        CHECK(a->codes == b->codes);
+        CHECK(a->super_d == b->super_d);
+        CHECK(a->super_dm == b->super_dm);
+        REQUIRE(a->params.size() == b->params.size());
+        for (size_t i = 0; i < a->params.size(); ++i) {
+          CHECK(a->params[i].scale == b->params[i].scale);
+          CHECK(a->params[i].min == b->params[i].min);
+        }
+      }
+  // Hand case, int2_sym g4, s = 0.5 (not the rule's -0.65): codes clamp(round(w / s), -2, 1).
+  const std::vector<float> h = {0.9f, -0.2f, 0.4f, -1.3f};
+  auto u = quantize_with_params(h.data(), 1, 4, spec("int2_sym:g4"), {GroupParams{0.5f, 0.f}});
+  REQUIRE(u.ok());
+  CHECK(u->codes == std::vector<int16_t>{1, 0, 1, -2});
+  auto d = dequantize(*u);
+  REQUIRE(d.ok());
+  CHECK(*d == std::vector<float>{0.5f, 0.f, 0.5f, -1.f});
+  // The given scale is snapped: 0.3 is not an fp16 value.
+  auto v = quantize_with_params(h.data(), 1, 4, spec("int2_sym:g4"), {GroupParams{0.3f, 0.f}});
+  REQUIRE(v.ok());
+  CHECK(v->params[0].scale == f16(0.3f));
+  // Errors: wrong parameter count (names the need), non-finite parameter, NaN weight, plain spec.
+  auto e = quantize_with_params(h.data(), 1, 4, spec("int2_sym:g2"), {GroupParams{0.5f, 0.f}});
+  REQUIRE_FALSE(e.ok());
+  CHECK(e.status().code() == ErrorCode::kInvalidArgument);
+  CHECK_THAT(e.status().message(), Catch::Contains("need 2"));
+  CHECK(quantize_with_params(h.data(), 1, 4, spec("int2_sym:g4"), {GroupParams{std::nanf(""), 0.f}}).status().code() ==
+        ErrorCode::kInvalidArgument);
+  std::vector<float> bad = h;
+  bad[3] = std::numeric_limits<float>::quiet_NaN();
+  auto n = quantize_with_params(bad.data(), 1, 4, spec("int2_sym:g4"), {GroupParams{0.5f, 0.f}});
+  REQUIRE_FALSE(n.ok());
+  CHECK(n.status().code() == ErrorCode::kBadInput);
+  CHECK_THAT(n.status().message(), Catch::Contains("row 0, col 3"));
+  CHECK(quantize_with_params(h.data(), 1, 4, spec("f16"), {}).status().code() == ErrorCode::kInvalidArgument);
+}
+
 // ------------------------------------------------------------------ report (hidden)
 TEST_CASE("qspec: relative RMS error report, 172x64 N(0,1)", "[.qspec-report]") {
   const int64_t rows = 172, cols = 64;

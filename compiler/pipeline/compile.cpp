@@ -349,6 +349,9 @@ Status compile_calibrated(const CompileOptions& opt, ir::Graph& lifted, const ir
     }
     auto qr = distill::quantization_aware_distill(lifted, teacher, prec, seqs, val, qo);
     if (!qr.ok()) return qr.status().with_context("quantization-aware distillation");
+    // Learned scales: the emitted tensors are quantized with the trained group parameters.
+    for (auto& [t, gp] : qr->params) choices.at(t).params = std::move(gp);
+    if (qo.learn_scales) (*meta)["compile.qad_learn_scales"] = std::to_string(qr->params.size()) + " tensors";
     s->qad_log = qr->log;
     s->qad_log.push_back(training_summary("qad", *qr, src, n_val));
     (*meta)["compile.qad"] = s->qad_log.back();

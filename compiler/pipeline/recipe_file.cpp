@@ -243,7 +243,7 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
       const std::vector<std::string> keys = {"steps", "lr", "batch", "seq_len", "stories", "val_fraction", "temperature", "seed",
                                              "weight_decay", "warmup", "eval_every", "hidden_weight", "teacher_samples"};
       std::set<std::string> allowed(keys.begin(), keys.end());
-      if (sec == "qad") allowed.insert("init");
+      if (sec == "qad") allowed.insert({"init", "learn_scales", "scale_lr"});
       KERF_RETURN_IF_ERROR(check_keys(c, q, sec, allowed));
       if (q["steps"]) KERF_RETURN_IF_ERROR(get(c, q["steps"], sec + ".steps", &o.steps));
       if (q["lr"]) KERF_RETURN_IF_ERROR(get(c, q["lr"], sec + ".lr", &o.lr));
@@ -284,6 +284,9 @@ Result<Recipe> parse_recipe_text(const std::string& text, const std::string& lab
         if (init != "fp" && init != "gptq") return c.err("qad.init", "expected fp or gptq, got '" + init + "'");
         r.qad_init_gptq = init == "gptq";
       }
+      if (q["learn_scales"]) KERF_RETURN_IF_ERROR(get(c, q["learn_scales"], "qad.learn_scales", &r.qad_options.learn_scales));
+      if (q["scale_lr"]) KERF_RETURN_IF_ERROR(get(c, q["scale_lr"], "qad.scale_lr", &r.qad_options.scale_lr));
+      if (!(r.qad_options.scale_lr > 0 && r.qad_options.scale_lr <= 1000)) return c.err("qad.scale_lr", "must be in (0, 1000]");
     }
     if (const YAML::Node q = root["distill"]) {
       r.distill = true;

@@ -36,6 +36,8 @@
 //     init: fp                            #   latent weights start at the FP weights (fp), or at the
 //                                         #   GPTQ-quantized ones (gptq: training starts from the
 //                                         #   post-training result; needs --calib)
+//     learn_scales: false                 #   true: group scales / mins are trained too (LSQ, qad.h)
+//     scale_lr: 1.0                       #   and stepped at lr * scale_lr; the artifact stores them
 //   prune:                                # optional: structured pruning (prune/prune.h) before quantization
 //     keep_heads: 0.75                    #   fractions kept; or budget: "flops:0.6" / "params:0.5"
 //     keep_ffn: 0.5

@@ -36,7 +36,7 @@ const char* method_name(Method m) {
 
 std::string to_string(const TensorChoice& c) {
   if (c.spec.plain()) return to_string(c.spec);
-  return to_string(c.spec) + " " + method_name(c.method) + " " + param_rule_name(c.rule);
+  return to_string(c.spec) + " " + method_name(c.method) + " " + (c.params.empty() ? param_rule_name(c.rule) : "learned");
 }
 
 void InputStats::add(const float* x, int64_t rows, int64_t c) {
@@ -190,6 +190,11 @@ Result<QuantTensor> quantize_one(const std::vector<float>& w, int64_t rows, int6
                                  const InputStats* stats, const GptqOptions& gopt, std::string* note) {
   if (c.spec.plain()) return store_plain(w.data(), rows, cols, c.spec.kind == QKind::kF16 ? fmt::DType::kF16 : fmt::DType::kF32);
   const bool gptq = c.method == Method::kGptq || c.method == Method::kAwqGptq;
+  if (!c.params.empty()) {
+    if (c.method != Method::kRtn) return InvalidArgument("learned group parameters need method rtn, not " + to_string(c));
+    KERF_ASSIGN_OR_RETURN(Unpacked u, quantize_with_params(w.data(), rows, cols, c.spec, c.params));
+    return pack(u);
+  }
   if (gptq) {
     if (!stats || stats->cols != cols) return Internal("GPTQ needs the input statistics of this tensor");
     GptqOptions o = gopt;
@@ -436,7 +441,7 @@ Result<QuantizedModel> quantize_calibrated(ir::Graph& g, const std::map<std::str
     p.cols = cols;
     p.precision = to_string(c.spec);
     p.method = c.spec.plain() ? (c.spec.kind == QKind::kF16 ? "cast" : "none")
-                              : std::string(method_name(c.method)) + "/" + param_rule_name(c.rule);
+                              : std::string(method_name(c.method)) + "/" + (c.params.empty() ? param_rule_name(c.rule) : "learned");
     p.rel_rms_error = relative_rms_error(w0.data(), dq.data(), rows * cols);
     if (stats && stats->cols == cols && stats->tokens > 0) p.output_error = output_error(w0.data(), dq.data(), rows, cols, stats->H.data());
     p.note = note;

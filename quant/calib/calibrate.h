@@ -55,8 +55,12 @@ struct TensorChoice {
   QSpec spec;
   Method method = Method::kGptq;
   ParamRule rule = ParamRule::kSearch;
+  /// Learned group parameters (unsnapped, flat group order, [rows * ng]), e.g. the step sizes
+  /// of quantization-aware distillation with learn_scales (distill/qad.h). When set, the method
+  /// must be kRtn and the tensor is quantized with them (quantize_with_params), the rule unused.
+  std::vector<GroupParams> params;
   /// True when the method or rule needs calibration statistics.
-  bool needs_calibration() const { return method != Method::kRtn || rule == ParamRule::kSearch; }
+  bool needs_calibration() const { return params.empty() && (method != Method::kRtn || rule == ParamRule::kSearch); }
 };
 /// "int4_asym:g32 gptq search".
 std::string to_string(const TensorChoice& c);
